@@ -1,0 +1,1 @@
+"""Converters: a LLaVA checkpoint → a verified offline bundle (ONNX vision + GGUF LLM)."""

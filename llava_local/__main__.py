@@ -1,0 +1,5 @@
+"""`python -m llava_local` runs the CLI."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""Frozen configuration for generation and for opening a model.
+
+`GenerationConfig` holds the sampling knobs the CLI flags, the TUI settings screen and the sessions
+database all share; `RuntimeConfig` says how to open a bundle (device, context size, threads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+from .errors import UsageError
+
+Device = Literal["auto", "cpu", "cuda", "metal"]
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "metal")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling settings. temperature 0 means greedy decoding."""
+
+    temperature: float = 0.2
+    top_p: float = 0.95
+    top_k: int = 40
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    max_tokens: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise UsageError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise UsageError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if self.repeat_penalty <= 0:
+            raise UsageError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
+        if self.max_tokens <= 0:
+            raise UsageError(f"max_tokens must be > 0, got {self.max_tokens}")
+
+    def with_(self, **changes: Any) -> GenerationConfig:
+        """A copy with some fields changed (validated)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GenerationConfig:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How to open a bundle."""
+
+    device: str = "auto"  # one of DEVICES
+    n_ctx: int | None = None  # None: the manifest's context_length
+    n_threads: int | None = None  # None: llama.cpp's default
+    quant: str | None = None  # which GGUF in the bundle; None: the manifest default
+    vision_dtype: str | None = None  # which ONNX in the bundle; None: the manifest default
+    embedding_cache: bool = True  # cache image embeddings on disk (cache dir)
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")

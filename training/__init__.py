@@ -1,0 +1,1 @@
+"""Training: LLaVA two-stage visual instruction tuning and its data pipeline."""

@@ -1,0 +1,1 @@
+"""Textual terminal app behind `llava-local chat`."""
