@@ -169,7 +169,7 @@ def load_manifest(bundle_dir: str | Path) -> Manifest:
     if not bundle.is_dir():
         raise BundleError(f"bundle not found: {bundle} (convert a checkpoint with `llava-local convert`)")
     if not path.is_file():
-        raise BundleError(f"{bundle} is not a llava-local bundle: no {MANIFEST_NAME} (make one with `llava-local convert`)")
+        raise BundleError(f"{bundle} is not a bundle: no {MANIFEST_NAME} (make one with `llava-local convert`)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
