@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("llava_local.commands.info", "show a bundle's manifest, files and parity report"),
     "convert": ("converters.cli", "convert a LLaVA checkpoint into a bundle (needs the [convert] extra)"),
     "train": ("training.cli", "train LLaVA stage 1 / stage 2 from a YAML config (needs the [train] extra)"),
-    "data": ("training.data.cli", "make visual-instruction data: pretrain captions, generate, synthetic world"),
+    "data": ("training.datagen.cli", "make visual-instruction data: pretrain captions, generate, synthetic world"),
     "eval": ("training.eval_cli", "evaluate a bundle on held-out synthetic scenes"),
 }
 
