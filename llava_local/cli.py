@@ -38,6 +38,8 @@ def _load(module: str):
             raise LlavaLocalError(
                 f"this command needs {missing}: install the extras with `pip install 'llava-local[convert,train]'`"
             ) from None
+        if e.name and module.startswith(e.name):
+            raise LlavaLocalError(f"this installation has no {module.split('.')[0]} package for this command") from None
         raise
 
 
