@@ -1,1 +1,35 @@
-"""Textual terminal app behind `llava-local chat`."""
+"""Textual terminal app behind `llava-local chat`.
+
+Contract: `launch(args) -> int` runs the app for the `chat` command's parsed arguments (`images`, `model`,
+`device`, `quant`, `n_ctx`, `session`, `system` and the sampling flags) and returns the exit code. Textual
+is imported only here, inside the function, so `import tui` stays cheap and `llava_local` never pulls it in.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+_GEN_FLAGS = ("temperature", "top_p", "top_k", "repeat_penalty", "max_tokens", "seed")
+
+
+def launch(args: argparse.Namespace) -> int:
+    """Open the chat app; returns 0 when the user quits."""
+    from llava_local.config import GenerationConfig, RuntimeConfig
+    from llava_local.paths import data_dir
+
+    from .app import LlavaApp
+    from .backend import llava_backend
+    from .store import Store
+
+    runtime = RuntimeConfig(device=getattr(args, "device", None) or "auto", n_ctx=getattr(args, "n_ctx", None),
+                            quant=getattr(args, "quant", None))
+    gen = GenerationConfig(**{k: getattr(args, k) for k in _GEN_FLAGS if getattr(args, k, None) is not None})
+    store = Store(data_dir())
+    try:
+        app = LlavaApp(llava_backend(runtime), store, model=getattr(args, "model", None),
+                       images=list(getattr(args, "images", None) or []), generation=gen,
+                       system=getattr(args, "system", None), resume=getattr(args, "session", None))
+        code = app.run()
+    finally:
+        store.close()
+    return int(code or 0)

@@ -1,0 +1,1 @@
+"""Modal screens: help, sessions, settings, image picker."""

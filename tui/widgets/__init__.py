@@ -1,0 +1,1 @@
+"""The app's widgets, one per module: turns, image chips and previews, the prompt, the status bar."""

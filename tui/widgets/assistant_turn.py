@@ -1,0 +1,44 @@
+"""`AssistantTurn`: a streamed Markdown answer with its statistics line.
+
+`append(text)` renders incrementally (Textual's `Markdown.append` re-parses only the last block);
+`finish(...)` adds "time to first token · tokens/s" and marks a cancelled answer as stopped.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import Markdown, Static
+
+
+class AssistantTurn(Vertical, can_focus=True):
+    """An answer; `text` is the raw Markdown received so far."""
+
+    BINDINGS = [Binding("c", "copy", "Copy message")]
+
+    def __init__(self, text: str = "", footer: str = "") -> None:
+        super().__init__(classes="turn assistant-turn")
+        self.text = text
+        self._footer = footer
+
+    def compose(self) -> ComposeResult:
+        yield Static("Assistant", classes="role")
+        yield Markdown(self.text, classes="body")
+        yield Static(self._footer or "…", classes="footer", markup=False)
+
+    def append(self, chunk: str) -> None:
+        """Add streamed text."""
+        self.text += chunk
+        self.query_one(Markdown).append(chunk)
+
+    def finish(self, footer: str, stopped: bool = False) -> None:
+        """Show the statistics; a cancelled answer keeps its text and says it was stopped."""
+        self._footer = footer
+        if stopped:
+            self.add_class("stopped")
+        self.query_one(".footer", Static).update(footer)
+
+    def action_copy(self) -> None:
+        self.app.copy_to_clipboard(self.text)
+        self.app.notify("Copied the answer to the clipboard")
