@@ -1,0 +1,113 @@
+"""Resumable checkpoints: sharded model + optimizer state (torch.distributed.checkpoint) and per-rank loop state.
+
+Contract: `save(root, step, model, optimizer, extra, dist)` writes `root/step-XXXXXXXX/`:
+- DCP files (`*.distcp` + `.metadata`) holding the *trainable* parameters and their optimizer state, through
+  `get_state_dict(model, optimizer)`: each rank writes its own shards under FSDP2, a single process writes
+  plain tensors; either way `load` reshards on read. Frozen weights are not saved: they are re-read from the
+  base dirs, which keeps a stage-1 checkpoint of a 7B model at a few MB.
+- `rank-R.pt`: that rank's scheduler state, step, and RNG states (python, numpy, torch CPU and CUDA), so a
+  resumed run draws the same dropout masks; the data order is a pure function of (seed, epoch, step).
+- `trainer_state.json` (step, world size, micro/accumulation) and finally `COMPLETE`; a directory without it
+  (a run killed while saving) is ignored by `latest`.
+Checkpoints are written to a temporary name and renamed, and all but the newest `keep` are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llava_local.errors import UsageError
+
+from .distributed import Dist, barrier
+
+COMPLETE = "COMPLETE"
+
+
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def latest(root: str | Path) -> Path | None:
+    """The newest complete checkpoint under `root`, or None."""
+    root = Path(root)
+    done = sorted(p for p in root.glob("step-*") if (p / COMPLETE).is_file()) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def save(root: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+         extra: dict[str, Any], dist: Dist, keep: int = 2) -> Path:
+    """Write a checkpoint of every rank (a collective under FSDP2) and return its directory."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    root = Path(root)
+    final = step_dir(root, step)
+    tmp = root / f".tmp-step-{step:08d}"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(dist)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options())
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    torch.save({**extra, "rng": rng_state()}, tmp / f"rank-{dist.rank}.pt")
+    barrier(dist)
+    if dist.is_main:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "world_size": dist.world,
+                                                            **{k: v for k, v in extra.items() if k != "scheduler"}},
+                                                           indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        (final / COMPLETE).write_text("ok\n")
+        for old in sorted(p for p in root.glob("step-*") if (p / COMPLETE).is_file())[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(dist)
+    return final
+
+
+def load(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, dist: Dist) -> dict[str, Any]:
+    """Restore model + optimizer shards and this rank's loop state/RNG; returns the saved `extra`."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    path = Path(path)
+    meta = json.loads((path / "trainer_state.json").read_text())
+    if meta["world_size"] != dist.world:
+        raise UsageError(f"checkpoint {path.name} was written by {meta['world_size']} processes, this run has "
+                         f"{dist.world}; resume with the same number of processes (torchrun --nproc-per-node)")
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options())
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=_options())
+    extra = torch.load(path / f"rank-{dist.rank}.pt", weights_only=False)
+    set_rng_state(extra.pop("rng"))
+    return extra
