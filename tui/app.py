@@ -120,6 +120,11 @@ class LlavaApp(CommandsMixin, App[int]):
             self.attach(Path(raw).expanduser())
         self._open_model(self.model_name, restore=self._resume_id())
 
+    def on_unmount(self) -> None:
+        # Free llama.cpp's memory now rather than at interpreter exit; a still-running answer keeps it alive.
+        if self.model is not None and hasattr(self.model, "close") and not self._busy:
+            self.model.close()
+
     @property
     def conversation(self) -> Conversation:
         return self.query_one(Conversation)
@@ -150,7 +155,9 @@ class LlavaApp(CommandsMixin, App[int]):
         except LlavaLocalError as e:
             self.call_from_thread(self._error, str(e), "no model: /model NAME|PATH to open one")
             return
-        self.model, self.model_name = model, name or getattr(model.info, "name", None)
+        old, self.model, self.model_name = self.model, model, name or getattr(model.info, "name", None)
+        if old is not None and hasattr(old, "close"):
+            old.close()  # no answer is running (/model waits for idle), so nothing else uses its context
         info = model.info
         self.call_from_thread(self.status.set, model=info.name, quant=info.quant, llm_backend=info.llm_backend,
                               vision_backend=info.vision_backend, context_max=info.context_length)

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tuifakes import FakeBackend
 
 from tui.store import Store
-
-from .fakes import FakeBackend
 
 
 @pytest.fixture
@@ -52,3 +51,20 @@ def store(home: Path) -> Store:
     s = Store(data_dir())
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def bundle(request, tmp_path_factory) -> Path:
+    """The tiny converted bundle: the shared `tiny_bundle` fixture when tests/conftest.py provides it, else the
+    runtime tests' torch-free random bundle (tests/runtime/tinyllava.py)."""
+    try:
+        return Path(request.getfixturevalue("tiny_bundle"))
+    except pytest.FixtureLookupError:
+        pass
+    import importlib.util
+
+    src = Path(__file__).parents[1] / "runtime" / "tinyllava.py"
+    spec = importlib.util.spec_from_file_location("tui_tinyllava", src)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.build_bundle(tmp_path_factory.mktemp("tui-bundle") / "tiny")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from tuifakes import FakeBackend
+from tuihelpers import notifications, wait_until
+
 from tui.app import LlavaApp
 from tui.store import Store
 from tui.widgets.assistant_turn import AssistantTurn
 from tui.widgets.prompt import PromptInput
 from tui.widgets.user_turn import UserTurn
-
-from .fakes import FakeBackend
-from .helpers import notifications, wait_until
 
 
 def make_app(fake: FakeBackend, store: Store, **kw) -> LlavaApp:
