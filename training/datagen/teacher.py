@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from .world import COLOURS, SHAPES, Obj, Scene, number_word, plural, reading_order, referable
 
 QTYPES = ("colour", "shape", "count", "position", "relation", "existence", "description")
-RTYPES = ("conversation", "detail", "complex_reasoning")
 
 # region → prepositional phrase; the checker accepts "in|at|on the <region>[ corner| side]".
 LOCATION = {
@@ -192,7 +191,10 @@ def sample_qa(scene: Scene, rng: random.Random, qtype: str) -> QA | None:
 def _conversation(scene: Scene, rng: random.Random) -> str:
     types = list(QTYPES)
     rng.shuffle(types)
-    pairs = [qa for t in types[: rng.randint(3, 5)] if (qa := sample_qa(scene, rng, t)) is not None]
+    want, pairs = rng.randint(3, 5), []
+    for t in types:  # count, existence and description always have a question, so we reach 3
+        if len(pairs) < want and (qa := sample_qa(scene, rng, t)) is not None:
+            pairs.append(qa)
     return "\n".join(f"Q: {qa.question}\nA: {qa.sentence}" for qa in pairs)
 
 
