@@ -49,8 +49,17 @@ def gpu_offload_supported() -> bool:
     return bool(_llama().llama_supports_gpu_offload())
 
 
+THREADS_ENV = "LLAVA_LOCAL_THREADS"
+
+
 def default_threads() -> int:
-    """CPU threads for llama.cpp: the cores this process may run on (llama.cpp's own default is a fixed 4)."""
+    """CPU threads: `$LLAVA_LOCAL_THREADS`, else the cores this process may run on (llama.cpp's default is 4).
+
+    On a busy machine fewer threads can be much faster: llama.cpp's workers spin while they wait for each other.
+    """
+    env = os.environ.get(THREADS_ENV, "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
@@ -102,11 +111,12 @@ class Engine:
         self.path = path
         self.gpu = gpu
         self.n_threads = threads
-        self.n_ctx = int(ll.llama_n_ctx(self._ctx))
+        # llama.cpp pads the context up to a multiple of 256; the budget we enforce is what was asked for.
+        self.n_ctx = min(n_ctx, int(ll.llama_n_ctx(self._ctx)))
         self.n_batch = int(ll.llama_n_batch(self._ctx))
         self.n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
         self.n_embd_inp = int(ll.llama_model_n_embd_inp(self._model))
-        self.n_ctx_train = int(ll.llama_n_ctx_train(self._model))
+        self.n_ctx_train = int(ll.llama_model_n_ctx_train(self._model))
         self.bos = int(ll.llama_vocab_bos(self._vocab))
         self.eos = int(ll.llama_vocab_eos(self._vocab))
         # Two reusable batches of n_batch entries: one for token ids, one for embedding rows (n_embd_inp floats).

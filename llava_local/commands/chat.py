@@ -1,0 +1,137 @@
+"""`llava-local chat`: the terminal app, or one streamed answer.
+
+Contract: `add_arguments(parser)` defines every chat flag once (`add_chat_arguments`), under the names the TUI reads
+from the namespace: images, model, device, quant, n_ctx, prompt, json, temperature, top_p, top_k, repeat_penalty,
+max_tokens, seed, system, session. Sampling flags default to None (= the GenerationConfig default).
+`run(args)`: with both stdin and stdout on a terminal and no --prompt, `tui.launch(args)`; otherwise one-shot mode
+streams one answer to stdout (the question from --prompt, else from stdin). `--json` prints one JSON object with
+the answer and statistics instead of streaming. Images are checked before the model loads, so a typo costs no
+load time; every user mistake is a `LlavaLocalError` (one line on stderr from the CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..config import DEVICES, GenerationConfig, RuntimeConfig
+from ..errors import ImageError, LlavaLocalError, UsageError
+
+# Sampling flags: (name, type, help). They map 1:1 onto GenerationConfig fields.
+GEN_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("temperature", float, "sampling temperature; 0 = greedy (default 0.2)"),
+    ("top_p", float, "nucleus sampling threshold in (0, 1] (default 0.95)"),
+    ("top_k", int, "keep the k most likely tokens; 0 disables (default 40)"),
+    ("repeat_penalty", float, "penalty for repeated tokens; 1 disables (default 1.0)"),
+    ("max_tokens", int, "maximum answer length in tokens (default 512)"),
+    ("seed", int, "sampling seed (default 0)"),
+)
+
+
+def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
+    """All chat flags; the TUI reads the same attribute names from the parsed namespace."""
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files to ask about")
+    parser.add_argument("--model", "-m", default=None,
+                        help="bundle directory or installed model name (default: $LLAVA_LOCAL_MODEL, 'default', demo)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where to run (default: auto)")
+    parser.add_argument("--quant", default=None, help="which GGUF of the bundle, e.g. q4_k_m (default: the bundle's)")
+    parser.add_argument("--n-ctx", dest="n_ctx", type=int, default=None,
+                        help="context size in tokens (default: the bundle's context length)")
+    parser.add_argument("--prompt", "-p", default=None, help="ask this and print the answer (no terminal app)")
+    parser.add_argument("--json", action="store_true", help="one-shot: print one JSON object with answer and stats")
+    parser.add_argument("--system", default=None, help="system prompt (default: the chat template's)")
+    parser.add_argument("--session", default=None, metavar="ID", help="terminal app: resume a saved conversation")
+    for name, typ, help_text in GEN_FLAGS:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None, help=help_text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_chat_arguments(parser)
+
+
+def generation_from_args(args: argparse.Namespace) -> GenerationConfig:
+    """GenerationConfig with the flags that were given (validated: bad values raise UsageError)."""
+    given = {name: getattr(args, name) for name, _, _ in GEN_FLAGS if getattr(args, name, None) is not None}
+    return GenerationConfig(**given)
+
+
+def runtime_from_args(args: argparse.Namespace) -> RuntimeConfig:
+    if args.n_ctx is not None and args.n_ctx <= 0:
+        raise UsageError(f"--n-ctx must be positive, got {args.n_ctx}")
+    return RuntimeConfig(device=args.device or "auto", n_ctx=args.n_ctx, quant=args.quant)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.prompt is None and _isatty(sys.stdin) and _isatty(sys.stdout) and not args.json:
+        try:
+            import tui
+        except ImportError:
+            raise LlavaLocalError("the terminal app is not installed here; ask one question with --prompt") from None
+        return int(tui.launch(args) or 0)
+    return one_shot(args)
+
+
+def _question(args: argparse.Namespace) -> str:
+    if args.prompt is not None:
+        text = args.prompt
+    elif not _isatty(sys.stdin):
+        text = sys.stdin.read()
+    else:
+        raise UsageError("no question: pass --prompt \"...\" or pipe the question on stdin")
+    if not text.strip():
+        raise UsageError("the question is empty")
+    return text.strip()
+
+
+def one_shot(args: argparse.Namespace) -> int:
+    """Answer one question about the images and print it (streamed, or as JSON)."""
+    from ..bundle import open_model
+    from ..events import Finished, ImageEncoded, PromptProcessed, TextChunk
+    from ..preprocess import load_image
+    from ..session import ChatSession
+
+    gen = generation_from_args(args)
+    runtime = runtime_from_args(args)
+    question = _question(args)
+    for path in args.images:
+        load_image(path)  # ImageError (missing, not an image) before the model loads
+    with open_model(args.model, runtime) as model:
+        session = ChatSession(model, gen, system=args.system)
+        stats: dict[str, Any] = {"images": []}
+        finished: Finished | None = None
+        for event in session.ask(question, images=args.images):
+            if isinstance(event, TextChunk) and not args.json:
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif isinstance(event, ImageEncoded):
+                stats["images"].append({"id": event.image_id, "cached": event.cached, "seconds": event.seconds})
+            elif isinstance(event, PromptProcessed):
+                stats["prefill_seconds"] = event.seconds
+            elif isinstance(event, Finished):
+                finished = event
+        if finished is None:  # pragma: no cover - the session always finishes
+            raise ImageError("no answer was produced")
+        if args.json:
+            info = model.info
+            out = {
+                "answer": finished.text, "stop_reason": finished.stop_reason, "model": info.name,
+                "quant": info.quant, "llm_backend": info.llm_backend, "vision_backend": info.vision_backend,
+                "n_prompt_tokens": finished.n_prompt_tokens, "n_generated": finished.n_generated,
+                "time_to_first_token": finished.time_to_first_token,
+                "tokens_per_second": finished.tokens_per_second, "context_used": finished.context_used,
+                "context_max": finished.context_max, **stats,
+            }
+            sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        else:
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+    return 0
