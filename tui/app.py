@@ -72,14 +72,14 @@ class LlavaApp(CommandsMixin, App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "llava-local"
     BINDINGS = [
-        Binding("escape", "cancel", "Stop", priority=True),
-        Binding("ctrl+o", "pick_image", "Image"),
-        Binding("ctrl+r", "regenerate", "Retry"),
-        Binding("ctrl+n", "new_session", "New"),
-        Binding("ctrl+s", "sessions", "Sessions"),
-        Binding("ctrl+t", "settings", "Settings"),
-        Binding("f1", "help", "Help"),
-        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("escape", "cancel", "Stop", priority=True, tooltip="stop the answer (the partial answer is kept)"),
+        Binding("ctrl+o", "pick_image", "Image", tooltip="pick an image file to attach (with a preview)"),
+        Binding("ctrl+r", "regenerate", "Retry", tooltip="regenerate the last answer"),
+        Binding("ctrl+n", "new_session", "New", tooltip="start a new session (the current one stays saved)"),
+        Binding("ctrl+s", "sessions", "Sessions", tooltip="saved sessions: resume, rename, delete"),
+        Binding("ctrl+t", "settings", "Settings", tooltip="temperature, top_p, max tokens, seed, system prompt"),
+        Binding("f1", "help", "Help", tooltip="this list of keys and commands"),
+        Binding("ctrl+q", "quit", "Quit", priority=True, tooltip="leave the app (every finished turn is saved)"),
     ]
 
     def __init__(self, backend: Backend, store: Store, *, model: str | None = None,

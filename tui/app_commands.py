@@ -148,7 +148,7 @@ class CommandsMixin(_Base):
     def cmd_help(self, arg: str) -> None:
         from .app import OTHER_KEYS
 
-        keys = [("app", b.key, b.description) for b in self.BINDINGS if hasattr(b, "key")]
+        keys = [("app", b.key, b.tooltip or b.description) for b in self.BINDINGS if hasattr(b, "key")]
         self.push_screen(HelpScreen(keys + OTHER_KEYS))
 
     def cmd_quit(self, arg: str) -> None:

@@ -35,6 +35,9 @@ class AssistantTurn(Vertical, can_focus=True):
     def finish(self, footer: str, stopped: bool = False) -> None:
         """Show the statistics; a cancelled answer keeps its text and says it was stopped."""
         self._footer = footer
+        # Markdown.append can drop a space where a chunk boundary meets inline markup ("**red square**with");
+        # one final full render makes the finished answer exact.
+        self.query_one(Markdown).update(self.text)
         if stopped:
             self.add_class("stopped")
         self.query_one(".footer", Static).update(footer)
