@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .config import RuntimeConfig
+from .cpuprobe import extra_buffers_ok
 from .embcache import EmbeddingCache
 from .engine import Engine, default_threads, gpu_offload_supported
 from .errors import BundleError, EngineError, UsageError
@@ -87,8 +88,9 @@ class Model:
                              f"{manifest.llm.context_length})")
         self.vision = VisionEncoder(bundle_dir / manifest.vision.files[self.vision_dtype], manifest.vision,
                                     device=device, threads=threads)
-        self.engine = Engine(bundle_dir / manifest.llm.files[self.quant], n_ctx=n_ctx, n_batch=N_BATCH,
-                             n_threads=threads, gpu=gpu)
+        gguf = bundle_dir / manifest.llm.files[self.quant]
+        self.engine = Engine(gguf, n_ctx=n_ctx, n_batch=N_BATCH, n_threads=threads, gpu=gpu,
+                             extra_buffers=extra_buffers_ok(gguf, self.quant))
         if self.engine.n_embd_inp != manifest.vision.embed_dim:
             self.engine.close()
             raise BundleError(

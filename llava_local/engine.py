@@ -77,6 +77,7 @@ class Engine:
         n_batch: int = 512,
         n_threads: int | None = None,
         gpu: bool = False,
+        extra_buffers: bool = True,
     ) -> None:
         ll = _llama()
         self._ll = ll
@@ -87,6 +88,8 @@ class Engine:
             raise EngineError(f"n_ctx must be >= 8 and n_batch >= 1 (got {n_ctx}, {n_batch})")
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = -1 if gpu else 0
+        # Weight repacking / AMX buffer types: faster, but some VMs fault on them (see llava_local.cpuprobe).
+        mparams.use_extra_bufts = extra_buffers
         llamalog.clear_errors()
         self._model = ll.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:

@@ -137,3 +137,32 @@ def test_default_model_resolution_for_chat(capsys, bundle, rt_images, _rt_home, 
     monkeypatch.setenv("LLAVA_LOCAL_MODEL", "default")
     assert main(["info"]) == 0
     assert str(target) in capsys.readouterr().out
+
+
+def test_quantized_bundle_runs_in_a_subprocess(rt_bundle, rt_images, tmp_path, _rt_home):
+    """A q4_0 GGUF made by llama.cpp's quantizer answers through the CLI. On VMs whose CPUs advertise AMX but fault
+    on it, this would die with SIGILL unless the CPU probe turns llama.cpp's extra buffer types off."""
+    import ctypes
+
+    import llama_cpp
+
+    from llava_local.cpuprobe import _cpu_flags
+    from llava_local.manifest import file_entry
+
+    b = tmp_path / "q"
+    shutil.copytree(rt_bundle, b)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = 2  # LLAMA_FTYPE_MOSTLY_Q4_0
+    params.nthread = 1
+    assert llama_cpp.llama_model_quantize(str(b / "llm-f32.gguf").encode(), str(b / "llm-q4_0.gguf").encode(),
+                                          ctypes.byref(params)) == 0
+    d = json.loads((b / "manifest.json").read_text())
+    d["llm"]["files"]["q4_0"] = "llm-q4_0.gguf"
+    d["files"]["llm-q4_0.gguf"] = file_entry(b / "llm-q4_0.gguf")
+    (b / "manifest.json").write_text(json.dumps(d))
+    r = _cli("chat", str(rt_images[0]), "--model", str(b), "--quant", "q4_0", "--prompt", "Hi", "--json", *GREEDY,
+             home=_rt_home)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert json.loads(r.stdout)["quant"] == "q4_0"
+    probe = _rt_home / "cache" / "cpu-probe.json"
+    assert probe.is_file() == ("amx_tile" in _cpu_flags().split())

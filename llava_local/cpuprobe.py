@@ -1,0 +1,78 @@
+"""Can llama.cpp's extra CPU buffer types (weight repacking, AMX) run on this machine?
+
+Some virtual machines advertise AMX in CPUID but fault on AMX instructions; llama.cpp then dies with SIGILL on the
+first quantized matmul, which no Python code can catch. Contract: `extra_buffers_ok(gguf, quant) -> bool`.
+Only CPUs that advertise AMX are probed: a child process loads the model with the extra buffer types and decodes
+two tokens; a crash means "no". The answer is cached per (CPU flags, llama-cpp-python version, quant) in the
+cache dir, so the probe runs once per machine and quantization. `LLAVA_LOCAL_REPACK=0|1` forces the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .paths import cache_dir
+
+REPACK_ENV = "LLAVA_LOCAL_REPACK"
+
+_PROBE = """
+import sys, llama_cpp
+llama_cpp.llama_log_set(llama_cpp.llama_log_callback(lambda *a: None), None)
+llama_cpp.llama_backend_init()
+mp = llama_cpp.llama_model_default_params()
+mp.n_gpu_layers = 0
+model = llama_cpp.llama_model_load_from_file(sys.argv[1].encode(), mp)
+cp = llama_cpp.llama_context_default_params()
+cp.n_ctx = 64; cp.n_batch = 8; cp.n_ubatch = 8; cp.n_threads = 1; cp.n_threads_batch = 1
+ctx = llama_cpp.llama_init_from_model(model, cp)
+toks = (llama_cpp.llama_token * 2)(1, 1)
+sys.exit(0 if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(toks, 2)) == 0 else 3)
+"""
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def extra_buffers_ok(gguf: Path, quant: str) -> bool:
+    forced = os.environ.get(REPACK_ENV)
+    if forced in ("0", "1"):
+        return forced == "1"
+    flags = _cpu_flags()
+    if "amx_tile" not in flags.split():
+        return True
+    import llama_cpp
+
+    key = hashlib.sha256(f"{flags}|{llama_cpp.__version__}|{quant}".encode()).hexdigest()[:32]
+    path = cache_dir() / "cpu-probe.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return bool(known[key])
+    try:
+        r = subprocess.run([sys.executable, "-c", _PROBE, str(gguf)], capture_output=True, timeout=300)
+        ok = r.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    known[key] = ok
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return ok
