@@ -14,6 +14,10 @@ _GEN_FLAGS = ("temperature", "top_p", "top_k", "repeat_penalty", "max_tokens", "
 
 def launch(args: argparse.Namespace) -> int:
     """Open the chat app; returns 0 when the user quits."""
+    # textual-image asks the terminal about graphics support and cell size when first imported; that must happen
+    # before Textual owns stdin, or the terminal's reply ("ESC[?1;2c") is read as typed keys.
+    import textual_image.widget  # noqa: F401
+
     from llava_local.config import GenerationConfig, RuntimeConfig
     from llava_local.paths import data_dir
 

@@ -25,8 +25,9 @@ class Status:
     def render(self) -> str:
         model = f"{self.model} {self.quant}".strip()
         speed = "—" if self.ttft_s is None else f"TTFT {self.ttft_s:.2f} s · {self.tokens_per_s or 0:.1f} tok/s"
-        return (f" {model} │ LLM {self.llm_backend} · vision {self.vision_backend} │ "
-                f"ctx {self.context_used}/{self.context_max} │ {speed} │ {self.state}")
+        # Most changing first, so a narrow terminal cuts the backends rather than the state.
+        return (f" {self.state} │ {model} │ ctx {self.context_used}/{self.context_max} │ {speed} │ "
+                f"LLM {self.llm_backend} · vision {self.vision_backend}")
 
 
 class StatusBar(Static):
