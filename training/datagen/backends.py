@@ -43,13 +43,13 @@ class Request:
 
 
 def _gbnf(rtype: str, line_chars: int) -> str:
-    # `line` never contains a newline and is bounded, so a finished grammar fits in max_tokens.
-    line = f'line ::= [^\\n]{{1,{line_chars}}}'
+    # `line` holds no newline or other control character and is bounded, so a finished grammar fits in max_tokens.
+    line = f'line ::= [^\\x00-\\x1f]{{1,{line_chars}}}'
     if rtype == "conversation":
         return f'root ::= pair pair pair? pair? pair? pair?\npair ::= "Q: " line "\\n" "A: " line "\\n"\n{line}\n'
     if rtype == "complex_reasoning":
         return f'root ::= "Q: " line "\\n" "A: " line\n{line}\n'
-    return f'root ::= [A-Z] [^\\n]{{20,{line_chars * 4}}}\n'
+    return f'root ::= [A-Z] [^\\x00-\\x1f]{{20,{line_chars * 4}}}\n'
 
 
 GRAMMARS = {rtype: _gbnf(rtype, 300) for rtype in RTYPES}

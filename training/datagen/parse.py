@@ -19,7 +19,7 @@ from .records import ImageRecord
 
 REJECT_REASONS = (
     "empty", "unparseable", "unbalanced", "too_few_turns", "too_many_turns", "too_short", "too_long",
-    "mentions_context", "refusal", "contradicts_scene", "duplicate", "backend_error",
+    "mentions_context", "refusal", "garbled", "contradicts_scene", "duplicate", "backend_error",
 )
 MAX_CONVERSATION_PAIRS = 8
 MIN_DETAIL_WORDS, MAX_DETAIL_WORDS = 12, 400
@@ -61,8 +61,13 @@ def _qa_items(text: str) -> list[tuple[str, str]]:
     return [(k, " ".join(v.split())) for k, v in items]
 
 
+_GARBLED = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]")  # control characters, U+FFFD from bad bytes
+
+
 def _check_content(texts: list[str]) -> None:
     for t in texts:
+        if _GARBLED.search(t):
+            raise Rejected("garbled", repr(t[:40]))
         if _REFUSAL.search(t):
             raise Rejected("refusal", t[:60])
         if _MENTIONS.search(t):
@@ -138,5 +143,8 @@ def make_sample(record: ImageRecord, rtype: str, turns: list[tuple[str, str]], p
 
 def dedup_key(sample: dict, per_image: bool) -> str:
     """Normalised conversation text; with `per_image`, only repeats for the same image count."""
-    text = normalise(" ".join(t["value"].replace("<image>", "") for t in sample["conversations"]))
+    turns = sample["conversations"]
+    if sample["id"].endswith("-detail"):  # the request is ours (a seeded pick); only the answer is generated
+        turns = turns[1:]
+    text = normalise(" ".join(t["value"].replace("<image>", "") for t in turns))
     return f"{sample['image']}\0{text}" if per_image else text
