@@ -182,7 +182,9 @@ class LlavaApp(CommandsMixin, App[int]):
                 paths = [str(self.store.image_path(r)) for m in history for r in m.images]
                 self.session = self.backend.restore_session(self.model, turns, paths, self.generation, self.system)
         except LlavaLocalError as e:
-            self.call_from_thread(self._error, str(e))
+            self.call_from_thread(self._error, f"cannot resume the session: {e}")
+            if session_id is not None:
+                self._start_session(None)  # keep the app usable with a fresh conversation
             return
         self.call_from_thread(self._show_session, session_id, history)
 

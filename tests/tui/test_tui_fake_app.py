@@ -230,3 +230,23 @@ async def test_help_lists_every_binding(fake, store):
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is app.screen_stack[0]
+
+
+async def test_view_sticks_to_bottom_unless_scrolled_up(fake, store):
+    fake.default_answer = "\n\n".join(f"paragraph {i}" for i in range(120))
+    fake.chunk_delay = 0.01
+    app = make_app(fake, store)
+    async with app.run_test(size=(80, 20)) as pilot:
+        await wait_until(pilot, lambda: app.session is not None)
+        await type_and_send(pilot, "long please")
+        conv = app.conversation
+        await wait_until(pilot, lambda: conv.max_scroll_y > 10, what="overflowing answer")
+        await pilot.pause(0.1)
+        assert conv.scroll_y >= conv.max_scroll_y - 2  # following the stream
+        conv.action_page_up()  # what PageUp / the mouse wheel do: the user takes over
+        await pilot.pause(0.2)
+        held = conv.scroll_y
+        await wait_until(pilot, lambda: conv.max_scroll_y > held + 15, what="more text below")
+        assert conv.scroll_y == held  # not dragged back down
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not app.busy)
