@@ -121,7 +121,9 @@ class LlavaApp(CommandsMixin, App[int]):
         self._open_model(self.model_name, restore=self._resume_id())
 
     def on_unmount(self) -> None:
-        # Free llama.cpp's memory now rather than at interpreter exit; a still-running answer keeps it alive.
+        # Free llama.cpp's memory now rather than at interpreter exit; a still-running answer keeps it alive
+        # (it sees the cancel event at its next token and ends).
+        self._cancel.set()
         if self.model is not None and hasattr(self.model, "close") and not self._busy:
             self.model.close()
 
@@ -277,7 +279,7 @@ class LlavaApp(CommandsMixin, App[int]):
         self.status.set(state="generating… (Esc stops)")
         self._generate(pending, self._cancel)
 
-    @work(thread=True, exclusive=True, group="engine")
+    @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
     def _generate(self, pending: _Pending, cancel: threading.Event) -> None:
         try:
             if pending.regenerate:
@@ -287,10 +289,11 @@ class LlavaApp(CommandsMixin, App[int]):
                 stream = self.session.ask(pending.prompt, images=paths, cancel=cancel)
             for event in stream:
                 self.call_from_thread(self._on_event, event)
-        except LlavaLocalError as e:
-            self.call_from_thread(self._failed, str(e))
-        except Exception as e:  # an engine bug must not kill the chat; say what happened
-            self.call_from_thread(self._failed, f"internal error: {type(e).__name__}: {e}")
+        except Exception as e:  # an engine bug must not kill the chat either; say what happened
+            if not self.is_running:
+                return  # the app quit mid-answer: nobody to tell
+            msg = str(e) if isinstance(e, LlavaLocalError) else f"internal error: {type(e).__name__}: {e}"
+            self.call_from_thread(self._failed, msg)
 
     def _on_event(self, event: Any) -> None:
         self.events.append(event)

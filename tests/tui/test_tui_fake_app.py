@@ -250,3 +250,16 @@ async def test_view_sticks_to_bottom_unless_scrolled_up(fake, store):
         assert conv.scroll_y == held  # not dragged back down
         await pilot.press("escape")
         await wait_until(pilot, lambda: not app.busy)
+
+
+async def test_quit_while_answering_is_clean(fake, store):
+    fake.default_answer = " ".join(f"w{i}" for i in range(400))
+    fake.chunk_delay = 0.01
+    app = make_app(fake, store)
+    async with app.run_test(size=(80, 20)) as pilot:
+        await wait_until(pilot, lambda: app.session is not None)
+        await type_and_send(pilot, "go")
+        await wait_until(pilot, lambda: app.query(AssistantTurn).last().text, what="streaming")
+        await pilot.press("ctrl+q")
+    assert app.return_code in (0, None)
+    assert app._cancel.is_set()
