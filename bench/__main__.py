@@ -1,0 +1,113 @@
+"""`python -m bench [--quick] [--out bench-out] [--tokens N]`: build/reuse the model, measure, write the report.
+
+Runs are interleaved (engine, raw, engine, raw, ...) and the best of each is reported next to the median: other
+processes on a shared machine only ever slow a run down, so the best run is the closest to the machine's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from . import build, decode, report, vision
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _image(out: Path, size: int) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    path = out / "image.png"
+    if not path.is_file():
+        rng = np.random.default_rng(0)
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size + 37, size + 91, 3), dtype=np.uint8)).save(buf, "PNG")
+        path.write_bytes(buf.getvalue())
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--out", type=Path, default=REPO / "bench-out", help="cache dir for the model (default bench-out)")
+    ap.add_argument("--quick", action="store_true", help="small model, fewer runs (a smoke test of the bench itself)")
+    ap.add_argument("--tokens", type=int, default=64, help="tokens generated per decode run (default 64)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per measurement (default 3)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for every runtime (default: all cores this process may use)")
+    ap.add_argument("--report", type=Path, default=REPO / "docs" / "benchmarks.md")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("LLAVA_LOCAL_HOME", str(args.out / "home"))  # keep the user's cache out of it
+    sizes = build.QUICK if args.quick else build.BenchSizes()
+    out = args.out / ("quick" if args.quick else "full")
+    t_start = time.perf_counter()
+    load_before = os.getloadavg()
+    ckpt, bundle = build.ensure_bundle(out, sizes)
+    t_built = time.perf_counter()
+
+    from llava_local.cpuprobe import extra_buffers_ok
+    from llava_local.engine import default_threads
+    from llava_local.manifest import load_manifest
+    from llava_local.preprocess import preprocess
+
+    manifest = load_manifest(bundle)
+    threads = args.threads or default_threads()
+    image = _image(out, sizes.image_size)
+    results: dict = {"sizes": sizes.__dict__, "threads": threads, "decode": {}, "vision": {}}
+    for quant in ("q4_k_m", "f16"):
+        gguf = bundle / manifest.llm.files[quant]
+        extra = extra_buffers_ok(gguf, quant)
+        eng, raw = [], []
+        for _ in range(args.repeats):
+            # a fresh cache dir per engine run would re-encode; the image embedding is cached after run 1, which
+            # does not matter here: only the decode phase is timed
+            eng.append(decode.engine_decode(bundle, quant, image, args.tokens, threads))
+            raw.append(decode.raw_decode(gguf, eng[0]["n_prompt"], args.tokens, threads, extra))
+            print(f"bench: {quant} engine {eng[-1]['tokens_per_second']:.1f} tok/s, raw "
+                  f"{raw[-1]['tokens_per_second']:.1f} tok/s", flush=True)
+        results["decode"][quant] = {"engine": eng, "raw": raw, "extra_buffers": extra,
+                                    "file_mib": gguf.stat().st_size / 2**20}
+    hf = decode.hf_decode(ckpt, results["decode"]["q4_k_m"]["engine"][0]["n_prompt"], min(args.tokens, 32), threads)
+    results["decode"]["transformers_eager_fp32"] = hf
+    print(f"bench: transformers eager {hf['tokens_per_second']:.1f} tok/s", flush=True)
+
+    pixels = preprocess(image, manifest.preprocess)
+    results["vision"]["onnx_fp32"] = vision.onnx_encode(bundle / manifest.vision.files["fp32"], manifest.vision,
+                                                        pixels, args.repeats, threads)
+    int8_path, cos = build.int8_graph(bundle, out)
+    if int8_path is not None:
+        results["vision"]["onnx_int8"] = vision.onnx_encode(int8_path, manifest.vision, pixels, args.repeats,
+                                                            threads)
+        results["vision"]["onnx_int8"]["cosine_vs_fp32"] = cos
+        results["vision"]["onnx_int8"]["in_bundle"] = "int8" in manifest.vision.files
+    results["vision"]["torch_eager_fp32"] = vision.torch_encode(ckpt, pixels, args.repeats, threads)
+    for k, v in results["vision"].items():
+        print(f"bench: vision {k} {v['seconds']:.2f} s/image", flush=True)
+
+    results["build_seconds"] = t_built - t_start
+    results["measure_seconds"] = time.perf_counter() - t_built
+    results["loadavg_before"], results["loadavg_after"] = load_before, os.getloadavg()
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    text = report.render(results, quick=args.quick)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(text)
+    print(f"bench: wrote {args.report} ({time.perf_counter() - t_start:.0f}s in all)")
+    return 0
+
+
+def _best(runs: list[dict]) -> float:
+    return max(r["tokens_per_second"] for r in runs)
+
+
+def _median(runs: list[dict]) -> float:
+    return statistics.median(r["tokens_per_second"] for r in runs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Decode speed on one GGUF: our engine vs a raw llama.cpp loop vs transformers eager.
+
+Contract: each function returns a dict with `tokens_per_second` (generated tokens after the first, divided by the
+time they took: prefill excluded) and the sizes it ran with. All three start from a prompt of the same length
+(`n_prompt` positions: the engine's real prompt with one image; the raw loop and transformers get that many
+token ids) and generate `n_gen` greedy tokens, so the KV cache length matches.
+- `engine_decode`: `llava_local.ChatSession.ask` with an image (TextChunk timestamps; EOS can end it early).
+- `raw_decode`: the textbook loop, `llama_batch_get_one([tok])` + `llama_sampler_init_greedy`, same context
+  parameters (threads, n_batch, extra buffer types), nothing else per token.
+- `hf_decode`: `LlamaForCausalLM` (eager attention, fp32) with its KV cache, one token per forward.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+
+def engine_decode(bundle: Path, quant: str, image: Path, n_gen: int, threads: int) -> dict[str, Any]:
+    from llava_local import ChatSession, GenerationConfig, RuntimeConfig, open_model
+    from llava_local.events import Finished, PromptProcessed
+
+    with open_model(bundle, RuntimeConfig(device="cpu", quant=quant, n_threads=threads)) as m:
+        s = ChatSession(m, GenerationConfig(temperature=0, max_tokens=n_gen), system="")
+        prefill = 0.0
+        fin = None
+        t0 = time.perf_counter()
+        for ev in s.ask("Describe the image in detail.", images=[image]):
+            if isinstance(ev, PromptProcessed):
+                prefill = time.perf_counter() - t0
+            elif isinstance(ev, Finished):
+                fin = ev
+        # Finished.tokens_per_second = n / (time from the end of prefill to the last sample): n samples but only
+        # n - 1 decodes, so count n - 1 tokens over that time, like the raw loop (which starts its clock after
+        # the first sample) - if anything this favours the raw loop.
+        n = fin.n_generated
+        tps = (n - 1) / (n / fin.tokens_per_second) if n > 1 else 0.0
+        return {"tokens_per_second": tps, "n_generated": n, "n_prompt": fin.n_prompt_tokens,
+                "prefill_seconds": prefill, "stop_reason": fin.stop_reason}
+
+
+def raw_decode(gguf: Path, n_prompt: int, n_gen: int, threads: int, extra_buffers: bool) -> dict[str, Any]:
+    import llama_cpp
+
+    from llava_local import llamalog
+
+    llamalog.install()
+    llama_cpp.llama_backend_init()
+    mp = llama_cpp.llama_model_default_params()
+    mp.n_gpu_layers = 0
+    mp.use_extra_bufts = extra_buffers
+    model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), mp)
+    cp = llama_cpp.llama_context_default_params()
+    cp.n_ctx = n_prompt + n_gen + 16
+    cp.n_batch = cp.n_ubatch = 512
+    cp.n_threads = cp.n_threads_batch = threads
+    cp.no_perf = True
+    ctx = llama_cpp.llama_init_from_model(model, cp)
+    smpl = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    llama_cpp.llama_sampler_chain_add(smpl, llama_cpp.llama_sampler_init_greedy())
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    try:
+        prompt = [1] + [3 + (i * 7919) % 400 for i in range(n_prompt - 1)]
+        for i in range(0, n_prompt, 512):
+            chunk = prompt[i:i + 512]
+            arr = (llama_cpp.llama_token * len(chunk))(*chunk)
+            assert llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(chunk))) == 0
+        one = (llama_cpp.llama_token * 1)()
+        tok = llama_cpp.llama_sampler_sample(smpl, ctx, -1)
+        t_first = time.perf_counter()
+        n = 1
+        while n < n_gen and not llama_cpp.llama_vocab_is_eog(vocab, tok):
+            one[0] = tok
+            assert llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(one, 1)) == 0
+            tok = llama_cpp.llama_sampler_sample(smpl, ctx, -1)
+            n += 1
+        dt = time.perf_counter() - t_first
+    finally:
+        llama_cpp.llama_sampler_free(smpl)
+        llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(model)
+    return {"tokens_per_second": (n - 1) / dt if n > 1 else 0.0, "n_generated": n, "n_prompt": n_prompt}
+
+
+def hf_decode(checkpoint: Path, n_prompt: int, n_gen: int, threads: int) -> dict[str, Any]:
+    import torch
+
+    from converters.layouts import load_checkpoint
+    from converters.torch_ref import build_llm
+
+    torch.set_num_threads(threads)
+    model = build_llm(load_checkpoint(checkpoint))
+    ids = torch.tensor([[1] + [3 + (i * 7919) % 400 for i in range(n_prompt - 1)]])
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=True)
+        past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        t0 = time.perf_counter()
+        for _ in range(n_gen - 1):
+            out = model(input_ids=tok, past_key_values=past, use_cache=True)
+            past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        dt = time.perf_counter() - t0
+    return {"tokens_per_second": (n_gen - 1) / dt, "n_generated": n_gen, "n_prompt": n_prompt, "dtype": "float32"}
