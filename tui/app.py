@@ -35,24 +35,12 @@ from .screens.image_picker import ImagePickerScreen
 from .screens.sessions import SessionsScreen
 from .screens.settings import SettingsScreen
 from .store import ImageRef, Message, Store
-from .widgets.assistant_turn import AssistantTurn
+from .widgets.assistant_turn import AssistantTurn, stats_line
 from .widgets.attachment_bar import AttachmentBar
 from .widgets.conversation import Conversation
 from .widgets.image_chip import ImageChip
 from .widgets.prompt import PromptInput
 from .widgets.status import StatusBar
-
-# Keys handled below the app (widgets/screens), listed for the help screen: (where, key, does).
-OTHER_KEYS = [
-    ("prompt", "enter", "send the question (or run the /command)"),
-    ("prompt", "shift+enter / ctrl+j / alt+enter", "new line"),
-    ("prompt", "tab", "complete a /command, /set key or /image path"),
-    ("prompt", "ctrl+v / paste / drop", "pasting image file paths attaches them"),
-    ("message", "c", "copy the focused message (OSC 52)"),
-    ("sessions", "enter / r / d / esc", "resume / rename / delete / close"),
-    ("settings", "ctrl+s / esc", "save / cancel"),
-    ("image picker", "enter / esc", "attach the highlighted image / cancel"),
-]
 
 
 @dataclass
@@ -149,13 +137,14 @@ class LlavaApp(CommandsMixin, App[int]):
         return None
 
     # -- model and sessions (thread workers) -------------------------------------------------
-    @work(thread=True, exclusive=True, group="engine")
+    @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
     def _open_model(self, name: str | None, restore: int | None = None) -> None:
         self.call_from_thread(self.status.set, state="loading…")
         try:
             model = self.backend.open_model(name)
-        except LlavaLocalError as e:
-            self.call_from_thread(self._error, str(e), "no model: /model NAME|PATH to open one")
+        except Exception as e:  # LlavaLocalError, or a native load failure: either way the app stays up
+            msg = str(e) if isinstance(e, LlavaLocalError) else f"cannot open the model: {type(e).__name__}: {e}"
+            self.call_from_thread(self._error, msg, "no model: /model NAME|PATH to open one")
             return
         old, self.model, self.model_name = self.model, model, name or getattr(model.info, "name", None)
         if old is not None and hasattr(old, "close"):
@@ -165,7 +154,7 @@ class LlavaApp(CommandsMixin, App[int]):
                               vision_backend=info.vision_backend, context_max=info.context_length)
         self._start_session(restore if restore is not None else self.session_id)
 
-    @work(thread=True, exclusive=True, group="engine")
+    @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
     def _resume_worker(self, session_id: int) -> None:
         self._start_session(session_id)
 
@@ -198,7 +187,7 @@ class LlavaApp(CommandsMixin, App[int]):
             if m.role == "user":
                 conv.add_user(m.text, [(r.name, self.store.image_path(r)) for r in m.images])
             else:
-                conv.add_assistant(m.text, _footer(m.stats, m.stop_reason))
+                conv.add_assistant(m.text, stats_line(m.stats, m.stop_reason))
         used = getattr(self.session, "context_used", 0)
         self.status.set(state="ready", context_used=used)
         if session_id is not None:
@@ -315,7 +304,7 @@ class LlavaApp(CommandsMixin, App[int]):
         if cur.replaced is not None:
             cur.replaced.remove()
         cur.turn.text = ev.text or cur.turn.text
-        cur.turn.finish(_footer(stats, ev.stop_reason), stopped=stopped)
+        cur.turn.finish(stats_line(stats, ev.stop_reason), stopped=stopped)
         answer = Message("assistant", cur.turn.text, (), ev.stop_reason, stats)
         try:
             self._save(cur, answer)
@@ -387,16 +376,3 @@ class LlavaApp(CommandsMixin, App[int]):
             if path is not None:
                 self.attach(path)
         self.push_screen(ImagePickerScreen(Path.cwd(), self.preview), picked)
-
-
-def _footer(stats: dict[str, Any], stop_reason: str | None) -> str:
-    parts = []
-    if stats.get("ttft") is not None:
-        tps, n = stats.get("tps") or 0, stats.get("n_generated", 0)
-        parts.append(f"TTFT {stats['ttft']:.2f} s · {tps:.1f} tok/s · {n} tok")
-    if stop_reason == "cancelled":
-        parts.append("⏹ stopped")
-    elif stop_reason == "length":
-        parts.append("max tokens reached")
-    return " · ".join(parts)
-

@@ -146,10 +146,8 @@ class CommandsMixin(_Base):
         self.notify(f"Exported to {written}")
 
     def cmd_help(self, arg: str) -> None:
-        from .app import OTHER_KEYS
-
         keys = [("app", b.key, b.tooltip or b.description) for b in self.BINDINGS if hasattr(b, "key")]
-        self.push_screen(HelpScreen(keys + OTHER_KEYS))
+        self.push_screen(HelpScreen(keys + commands.OTHER_KEYS))
 
     def cmd_quit(self, arg: str) -> None:
         self.exit(0)

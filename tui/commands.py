@@ -96,3 +96,17 @@ def apply_set(cfg: GenerationConfig, arg: str) -> GenerationConfig:
     except ValueError:
         raise UsageError(f"/set {key}: {value.strip()!r} is not a {kind.__name__}") from None
     return cfg.with_(**{key: parsed})
+
+
+# Keys handled below the app (widgets, screens), for the help screen: (where, key, does). The app's own
+# bindings are read from `LlavaApp.BINDINGS`.
+OTHER_KEYS = [
+    ("prompt", "enter", "send the question (or run the /command)"),
+    ("prompt", "shift+enter / ctrl+j / alt+enter", "new line"),
+    ("prompt", "tab", "complete a /command, /set key or /image path"),
+    ("prompt", "ctrl+v / paste / drop", "pasting image file paths attaches them"),
+    ("message", "c", "copy the focused message (OSC 52)"),
+    ("sessions", "enter / r / d / esc", "resume / rename / delete / close"),
+    ("settings", "ctrl+s / esc", "save / cancel"),
+    ("image picker", "enter / esc", "attach the highlighted image / cancel"),
+]

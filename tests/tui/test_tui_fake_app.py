@@ -99,6 +99,9 @@ async def test_missing_model_and_context_overflow_notify(fake, store):
         await type_and_send(pilot, "hello")
         await pilot.pause()
         assert any("no model is loaded" in m for _, m in notifications(app))
+        await type_and_send(pilot, "/model crash")
+        await wait_until(pilot, lambda: any("cannot open the model: RuntimeError" in m for _, m in notifications(app)))
+        assert app.is_running
         await type_and_send(pilot, "/model fake-2")
         await wait_until(pilot, lambda: app.session is not None)
         assert app.status.status.model == "fake-2"

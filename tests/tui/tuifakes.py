@@ -49,6 +49,8 @@ class FakeBackend:
     sessions: list[FakeSession] = field(default_factory=list)
 
     def open_model(self, name: str | None) -> FakeModel:
+        if name == "crash":
+            raise RuntimeError("llama_model_load failed")  # a native failure, not a user mistake
         if name is not None and name.startswith("missing"):
             raise ModelNotFound(f"no model {name!r}: pass a bundle directory or a name from `llava-local info`")
         return FakeModel(FakeInfo(name=name or "fake-llava", context_length=self.context_length))

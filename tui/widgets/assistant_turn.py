@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -45,3 +47,17 @@ class AssistantTurn(Vertical, can_focus=True):
     def action_copy(self) -> None:
         self.app.copy_to_clipboard(self.text)
         self.app.notify("Copied the answer to the clipboard")
+
+
+def stats_line(stats: dict[str, Any], stop_reason: str | None) -> str:
+    """"TTFT 0.12 s · 35.0 tok/s · 48 tok" plus "⏹ stopped" / "max tokens reached"."""
+    parts = []
+    if stats.get("ttft") is not None:
+        tps, n = stats.get("tps") or 0, stats.get("n_generated", 0)
+        parts.append(f"TTFT {stats['ttft']:.2f} s · {tps:.1f} tok/s · {n} tok")
+    if stop_reason == "cancelled":
+        parts.append("⏹ stopped")
+    elif stop_reason == "length":
+        parts.append("max tokens reached")
+    return " · ".join(parts)
+
