@@ -91,7 +91,7 @@ def test_qa_pairs_cover_every_eval_type_with_short_answers():
     assert set(seen) == set(QTYPES)
     rng = random.Random(0)
     assert sample_qa(TWO, rng, "colour").answer in ("red", "blue")
-    q = [qa for qa in qa_pairs(TWO, rng, ("count",)) if qa.question.startswith("How many blue squares")]
+    q = [qa for qa in qa_pairs(TWO, rng, ("count",)) if "blue squares" in qa.question]
     assert q and q[0].answer == "2"
 
 

@@ -16,6 +16,7 @@ unknown model, a prompt larger than the context; the run stops, the journal keep
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import random
@@ -29,7 +30,7 @@ from . import teacher
 from .prompts import RTYPES
 from .records import DatagenError, ImageRecord
 from .retry import RateLimiter, RetryPolicy, Transient, call_with_retries, parse_retry_after
-from .world import scene_from_boxes
+from .world import Scene, scene_from_boxes
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,13 @@ def _gbnf(rtype: str, line_chars: int) -> str:
 GRAMMARS = {rtype: _gbnf(rtype, 300) for rtype in RTYPES}
 
 
+@functools.lru_cache(maxsize=256)
+def record_scene(record: ImageRecord) -> Scene | None:
+    """The synthetic-world scene a record describes (None for other data); cached: the teacher and the
+    checker both ask for it, from different threads, for the same record."""
+    return scene_from_boxes(record.id, ({"category": b.category, "bbox": b.bbox} for b in record.boxes))
+
+
 class TeacherBackend:
     """Correct answers from the synthetic world; records must carry "colour shape" boxes."""
 
@@ -62,7 +70,7 @@ class TeacherBackend:
 
     def complete(self, request: Request) -> str:
         r = request.record
-        scene = scene_from_boxes(r.id, ({"category": b.category, "bbox": b.bbox} for b in r.boxes))
+        scene = record_scene(r)
         if scene is None:
             raise DatagenError(
                 f"record {r.id}: the teacher backend only knows the synthetic world (boxes named like 'red circle'); "

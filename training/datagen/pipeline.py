@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .backends import Request
+from .backends import Request, record_scene
 from .checker import check_turns
 from .journal import Journal
 from .parse import Rejected, dedup_key, make_sample, parse_response
@@ -33,7 +33,6 @@ from .progress import Progress
 from .prompts import RTYPES, build_messages, symbolic_context
 from .records import DatagenError, ImageRecord
 from .retry import GaveUp
-from .world import scene_from_boxes
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ def _execute(job: Job, backend, settings: Settings) -> dict:
     text = backend.complete(Request(job.rtype, job.record, messages, job.seed))
     try:
         turns = parse_response(job.rtype, text)
-        scene = scene_from_boxes(job.record.id, ({"category": b.category, "bbox": b.bbox} for b in job.record.boxes))
+        scene = record_scene(job.record)
         if settings.check_scenes and scene is not None:
             result = check_turns(scene, turns, require_claims=backend.name == "teacher")
             if not result.ok:
@@ -188,7 +187,7 @@ def write_json(path: Path, data: object, indent: int | None = None) -> None:
         if isinstance(data, list):  # one item per line: readable, diffable, and the fast C encoder
             fh.write("[\n" + ",\n".join(json.dumps(x, ensure_ascii=False) for x in data) + "\n]\n")
         else:
-            json.dump(data, fh, ensure_ascii=False, indent=indent)
+            fh.write(json.dumps(data, ensure_ascii=False, indent=indent))  # dumps: the C encoder when indent=None
             fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())

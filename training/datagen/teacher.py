@@ -36,6 +36,8 @@ ASK: dict[str, tuple[str, ...]] = {
     "colour": ("What colour is the {ref}?", "What is the colour of the {ref}?", "Which colour is the {ref}?"),
     "shape": ("What shape is the {ref}?", "Which shape is the {ref}?", "What kind of shape is the {ref}?"),
     "position": ("Where is the {ref}?", "Where is the {ref} in the image?", "In which part of the image is the {ref}?"),
+    "count": ("How many {ref} are there?", "How many {ref} are in the image?", "Count the {ref} in the picture."),
+    "existence": ("Is there {ref} in the image?", "Do you see {ref}?", "Does the picture contain {ref}?"),
     "description": ("Describe the image briefly.", "What is in this image?", "Give a short description of the image."),
 }
 
@@ -91,8 +93,16 @@ def captions(scene: Scene, rng: random.Random, k: int = 3) -> list[str]:
     return rng.sample(templates, k)
 
 
+# Each maker shuffles its candidates with `rng` and builds them lazily, so `sample_qa` pays for one question.
+
+
+def _shuffled(items: list, rng: random.Random) -> list:
+    rng.shuffle(items)
+    return items
+
+
 def _colour_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
-    for o in scene.objects:
+    for o in _shuffled(list(scene.objects), rng):
         ref = _ref_without(scene, o, "colour")
         if ref:
             q = rng.choice(ASK["colour"]).format(ref=ref)
@@ -100,7 +110,7 @@ def _colour_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
 
 
 def _shape_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
-    for o in scene.objects:
+    for o in _shuffled(list(scene.objects), rng):
         ref = _ref_without(scene, o, "shape")
         if ref:
             q = rng.choice(ASK["shape"]).format(ref=ref)
@@ -109,19 +119,18 @@ def _shape_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
 
 def _count_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
     filters = [{}] + [{"shape": s} for s in SHAPES] + [{"colour": c} for c in COLOURS]
-    filters += [{"colour": o.colour, "shape": o.shape} for o in scene.objects]
-    for f in filters:
+    filters += [{"colour": c, "shape": s} for c, s in sorted({(o.colour, o.shape) for o in scene.objects})]
+    for f in _shuffled(filters, rng):
         n = len(scene.matching(**f))
         noun = f"{f['colour']} " if "colour" in f else ""
         noun += f.get("shape", "shape")
-        q = rng.choice([f"How many {noun}s are there?", f"How many {noun}s are in the image?",
-                        f"Count the {noun}s in the picture."])
+        q = rng.choice(ASK["count"]).format(ref=noun + "s")
         s = f"There {_be(n)} {number_word(n)} {plural(noun, n)}." if n else f"There are no {noun}s."
         yield QA(q, str(n), "count", s)
 
 
 def _position_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
-    for o, ref in referable(scene):
+    for o, ref in _shuffled(referable(scene), rng):
         q = rng.choice(ASK["position"]).format(ref=ref)
         yield QA(q, o.region, "position", f"The {ref} is {LOCATION[o.region]}.")
 
@@ -136,27 +145,23 @@ _RELATIONS = {  # name → (true when a vs b holds, the opposite relation)
 
 def _relation_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
     refs = referable(scene)
-    for a, ra in refs:
-        for b, rb in refs:
-            if a is b:
-                continue
-            for rel, (holds, opposite) in _RELATIONS.items():
-                horizontal = rel.startswith("to the")
-                if (a.col == b.col) if horizontal else (a.row == b.row):
-                    continue  # same column/row: neither holds, so we never ask
-                yes = holds(a, b)
-                q = f"Is the {ra} {rel} the {rb}?"
-                s = f"Yes, the {ra} is {rel} the {rb}." if yes else f"No, the {ra} is {opposite} the {rb}."
-                yield QA(q, "yes" if yes else "no", "relation", s)
+    # same column (row): neither left nor right (above nor below) holds, so we never ask
+    cands = [(a, ra, b, rb, rel) for a, ra in refs for b, rb in refs if a is not b for rel in _RELATIONS
+             if ((a.col != b.col) if rel.startswith("to the") else (a.row != b.row))]
+    for a, ra, b, rb, rel in _shuffled(cands, rng):
+        holds, opposite = _RELATIONS[rel]
+        yes = holds(a, b)
+        s = f"Yes, the {ra} is {rel} the {rb}." if yes else f"No, the {ra} is {opposite} the {rb}."
+        yield QA(f"Is the {ra} {rel} the {rb}?", "yes" if yes else "no", "relation", s)
 
 
 def _existence_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
     present = sorted({(o.colour, o.shape) for o in scene.objects})
     absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
-    for c, s in present + rng.sample(absent, min(len(absent), len(present) + 1)):
+    # as many absent as present (plus one) candidates, so yes and no are about equally likely
+    for c, s in _shuffled(present + rng.sample(absent, min(len(absent), len(present) + 1)), rng):
         yes = (c, s) in present
-        q = rng.choice([f"Is there {article(c + ' ' + s)} in the image?", f"Do you see {article(c + ' ' + s)}?",
-                        f"Does the picture contain {article(c + ' ' + s)}?"])
+        q = rng.choice(ASK["existence"]).format(ref=article(c + " " + s))
         sent = f"Yes, there is {article(c + ' ' + s)}." if yes else f"No, there is no {c} {s}."
         yield QA(q, "yes" if yes else "no", "existence", sent)
 
@@ -181,8 +186,7 @@ def qa_pairs(scene: Scene, rng: random.Random, qtypes: tuple[str, ...] = QTYPES)
 
 def sample_qa(scene: Scene, rng: random.Random, qtype: str) -> QA | None:
     """One random question of `qtype` (None if the scene allows none, e.g. colour with no unique object)."""
-    options = list(_QA_MAKERS[qtype](scene, rng))
-    return rng.choice(options) if options else None
+    return next(_QA_MAKERS[qtype](scene, rng), None)
 
 
 # ---- the three response types -------------------------------------------------------------------------------
