@@ -166,3 +166,46 @@ def test_quantized_bundle_runs_in_a_subprocess(rt_bundle, rt_images, tmp_path, _
     assert json.loads(r.stdout)["quant"] == "q4_0"
     probe = _rt_home / "cache" / "cpu-probe.json"
     assert probe.is_file() == ("amx_tile" in _cpu_flags().split())
+
+
+class _Tty:
+    def __init__(self, tty: bool, text: str = "") -> None:
+        self.tty, self.text = tty, text
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def read(self) -> str:
+        return self.text
+
+
+def test_terminal_without_prompt_launches_the_tui(monkeypatch, bundle):
+    import types
+
+    seen = {}
+    fake = types.ModuleType("tui")
+    fake.launch = lambda args: seen.setdefault("args", args) and 7
+    monkeypatch.setitem(sys.modules, "tui", fake)
+    monkeypatch.setattr(sys, "stdin", _Tty(True))
+    monkeypatch.setattr(sys, "stdout", _Tty(True))
+    assert main(["chat", "a.png", "--model", str(bundle), "--session", "abc", "--temperature", "0.5"]) == 7
+    args = seen["args"]
+    assert (args.images, args.model, args.session, args.temperature, args.top_k) == (["a.png"], str(bundle), "abc",
+                                                                                       0.5, None)
+    for name in ("device", "quant", "n_ctx", "prompt", "json", "top_p", "repeat_penalty", "max_tokens", "seed",
+                 "system"):
+        assert hasattr(args, name)
+
+
+def test_terminal_without_tui_is_one_line(monkeypatch, capsys, bundle):
+    monkeypatch.setitem(sys.modules, "tui", None)  # `import tui` raises ImportError
+    monkeypatch.setattr(sys, "stdin", _Tty(True))
+    monkeypatch.setattr(sys, "stdout", _Tty(True))
+    assert main(["chat", "--model", str(bundle)]) == 1
+    assert "--prompt" in capsys.readouterr().err
+
+
+def test_no_question_when_only_stdout_is_redirected(monkeypatch, capsys, bundle):
+    monkeypatch.setattr(sys, "stdin", _Tty(True))
+    code, err = _err(capsys, ["chat", "--model", str(bundle)])
+    assert code == 2 and "no question" in err
