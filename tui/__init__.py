@@ -8,6 +8,7 @@ is imported only here, inside the function, so `import tui` stays cheap and `lla
 from __future__ import annotations
 
 import argparse
+import sqlite3
 
 _GEN_FLAGS = ("temperature", "top_p", "top_k", "repeat_penalty", "max_tokens", "seed")
 
@@ -16,9 +17,15 @@ def launch(args: argparse.Namespace) -> int:
     """Open the chat app; returns 0 when the user quits."""
     # textual-image asks the terminal about graphics support and cell size when first imported; that must happen
     # before Textual owns stdin, or the terminal's reply ("ESC[?1;2c") is read as typed keys.
-    import textual_image.widget  # noqa: F401
+    try:
+        import textual_image.widget  # noqa: F401
+
+        preview = "auto"
+    except Exception:  # e.g. a terminal that reports 0 columns: show image chips without previews
+        preview = "none"
 
     from llava_local.config import GenerationConfig, RuntimeConfig
+    from llava_local.errors import LlavaLocalError
     from llava_local.paths import data_dir
 
     from .app import LlavaApp
@@ -28,11 +35,15 @@ def launch(args: argparse.Namespace) -> int:
     runtime = RuntimeConfig(device=getattr(args, "device", None) or "auto", n_ctx=getattr(args, "n_ctx", None),
                             quant=getattr(args, "quant", None))
     gen = GenerationConfig(**{k: getattr(args, k) for k in _GEN_FLAGS if getattr(args, k, None) is not None})
-    store = Store(data_dir())
+    try:
+        store = Store(data_dir())
+    except (OSError, sqlite3.Error) as e:
+        raise LlavaLocalError(f"cannot open the sessions database in {data_dir()}: {e}; "
+                              "check its permissions or set LLAVA_LOCAL_HOME") from None
     try:
         app = LlavaApp(llava_backend(runtime), store, model=getattr(args, "model", None),
                        images=list(getattr(args, "images", None) or []), generation=gen,
-                       system=getattr(args, "system", None), resume=getattr(args, "session", None))
+                       system=getattr(args, "system", None), resume=getattr(args, "session", None), preview=preview)
         code = app.run()
     finally:
         store.close()

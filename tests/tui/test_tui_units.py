@@ -77,3 +77,21 @@ def test_export_folder_and_zip(tmp_path: Path, red_png: Path):
     with pytest.raises(UsageError, match="nothing to export"):
         export_session("T", [], s.images_dir, tmp_path / "e2")
     s.close()
+
+
+def test_launch_reports_an_unusable_data_dir(tmp_path: Path, monkeypatch):
+    import argparse
+
+    from llava_local.errors import LlavaLocalError
+    from tui import launch
+
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "data").write_text("a file where the data folder should be")
+    monkeypatch.setenv("LLAVA_LOCAL_HOME", str(tmp_path / "home"))
+    args = argparse.Namespace(images=[], model=None, device="auto", quant=None, n_ctx=None, session=None, system=None,
+                              temperature=None, top_p=None, top_k=None, repeat_penalty=None, max_tokens=None, seed=None)
+    with pytest.raises(LlavaLocalError, match="cannot open the sessions database"):
+        launch(args)
+    args.temperature = -1.0
+    with pytest.raises(UsageError, match="temperature"):
+        launch(args)
