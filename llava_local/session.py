@@ -227,8 +227,9 @@ class ChatSession:
         reason, n_gen, t_first, t_gen = "length", 0, None, time.perf_counter()
         try:
             with Sampler(eng, gen, seed) as sampler:
-                prompt_tokens = [k for k in items if isinstance(k, int)]
-                sampler.accept(prompt_tokens[-gen.repeat_last_n:] if gen.repeat_penalty != 1.0 else ())
+                if gen.repeat_penalty != 1.0 and gen.repeat_last_n > 0:  # the penalty also sees the prompt's tail
+                    prompt_tokens = [k for k in items if isinstance(k, int)]
+                    sampler.accept(prompt_tokens[-gen.repeat_last_n:])
                 while True:
                     if cancel is not None and cancel.is_set():
                         reason = "cancelled"

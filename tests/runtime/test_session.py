@@ -193,3 +193,15 @@ def test_system_prompt_change_re_decodes(rt_model, rt_images):
     ev, _ = _ask(s, "Sure?")
     # only the tokens the two system texts share at the start survive (BOS, "▁A"); the image is re-prefilled
     assert _first(ev, PromptProcessed).n_reused < _image_end(s, s.turns[:1], s.image_ids) - 16
+
+
+def test_sampling_is_seeded_and_regenerate_reseeds(rt_model, rt_images):
+    gen = GenerationConfig(temperature=1.2, top_k=0, top_p=1.0, repeat_penalty=1.3, seed=5, max_tokens=12)
+    _, a = _ask(ChatSession(rt_model, gen), "What is this?", images=[rt_images[0]])
+    s = ChatSession(rt_model, gen)
+    _, b = _ask(s, "What is this?", images=[rt_images[0]])
+    assert a.text == b.text
+    assert list(s.regenerate())[-1].text != b.text
+    s.generation = gen.with_(seed=6)
+    _, c = _ask(ChatSession(rt_model, s.generation), "What is this?", images=[rt_images[0]])
+    assert c.text != a.text
