@@ -31,10 +31,12 @@ from .distributed import Dist, barrier
 COMPLETE = "COMPLETE"
 
 
-def _options():
+def _options(strict: bool = True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=True)
+    # Frozen weights come from the base dirs; on load the model keeps them (non-strict), while dcp.load
+    # still fails if a trainable tensor is missing from the checkpoint.
+    return StateDictOptions(ignore_frozen_params=True, strict=strict)
 
 
 def rng_state() -> dict[str, Any]:
@@ -107,7 +109,7 @@ def load(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, d
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                   options=_options())
+                   options=_options(strict=False))
     extra = torch.load(path / f"rank-{dist.rank}.pt", weights_only=False)
     set_rng_state(extra.pop("rng"))
     return extra
