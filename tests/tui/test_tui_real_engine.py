@@ -106,6 +106,12 @@ async def test_real_engine_conversation_cancel_resume(bundle: Path, store: Store
         await ask(pilot, "And this one?", 4)
         assert len(app.query(UserTurn)) == 2 and app.session.turns[-2].n_images == 1
         assert opened.models[0].vision.calls == 2
+        # 2b. regenerate the last answer (greedy: the same text again), replacing it on screen and on disk
+        before = app.history[-1].text
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: not app.busy and len(app.query(AssistantTurn)) == 2, timeout=60,
+                         what="regenerate")
+        assert app.history[-1].text == before and len(store.messages(app.session_id)) == 4
         # 3. Esc cancels mid-answer; the partial answer is kept and marked
         app.session.generation = GenerationConfig(temperature=1.0, max_tokens=400, seed=3)
         object.__setattr__(app.session, "delay", 0.05)
