@@ -23,6 +23,9 @@ def _args(coco, out, *extra):
 
 
 def _check_llava_json(samples):
+    """The LLaVA JSON contract, and the training loader's own record validation."""
+    from training.dataset import parse_record
+
     ids = [s["id"] for s in samples]
     assert len(ids) == len(set(ids))
     for s in samples:
@@ -32,6 +35,9 @@ def _check_llava_json(samples):
         assert conv[0]["value"].startswith("<image>\n")
         assert all("<image>" not in t["value"] for t in conv[1:])
         assert all(t["value"].strip() for t in conv)
+    for i, s in enumerate(samples):
+        sample = parse_record(s, i)
+        assert sample.images == (s["image"],) and sample.turns[0].n_images == 1
 
 
 def test_openai_endpoint_with_malformed_answers_429_and_500(coco_dir, server, monkeypatch, capsys):
