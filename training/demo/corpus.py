@@ -1,0 +1,162 @@
+"""The demo model's data: scenes, rendered images and every text the recipe trains on.
+
+Contract (all deterministic in the world seed):
+- `make_scenes(seed, n)` → the first `n` scenes of world `seed` (`training.datagen.world`).
+- `eval_items(scene, rng)` → one teacher question per evaluation type (`QTYPES`) with its canonical answer,
+  and `prompt_of(qa)` the user text the model sees (short-answer types get LLaVA-1.5's VQA suffix).
+- `build_dataset(out_dir, scenes, image_size, seed, mix)` renders the images and writes
+  `stage1.json` (image + caption, for the `plain` template) and `stage2.json` (the paper's mix —
+  conversation / detail / complex_reasoning from the rule-based teacher — plus multi-turn short-answer VQA
+  turns for the evaluation types), both LLaVA JSON with paths relative to `out_dir`.
+- `text_corpus(scenes, seed)` → plain world text (captions, questions, answers, descriptions, the chat
+  system prompt) for the tokenizer and the base LLaMA.
+
+Short answers are what the eval checks, so they follow the teacher's canonical forms exactly ("red",
+"circle", "2", "top left", "yes"); the suffix tells the model when a short answer is wanted, as in LLaVA-1.5.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llava_local.templates import IMAGE_TOKEN, VICUNA_SYSTEM, Turn, get_template
+from training.datagen import teacher
+from training.datagen.parse import Rejected, parse_response
+from training.datagen.prompts import DETAIL_REQUESTS, RTYPES
+from training.datagen.render import render
+from training.datagen.world import Scene, make_scene
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA instruction
+QTYPES: tuple[str, ...] = teacher.QTYPES  # colour shape count position relation existence description
+
+
+@dataclass(frozen=True)
+class DataMix:
+    """How many stage-2 records of each kind, per rendered scene (fractions may exceed 1: reuse images)."""
+
+    vqa: float = 1.0  # multi-turn short-answer records
+    vqa_turns: tuple[int, int] = (3, 8)  # questions per VQA record (min, max)
+    conversation: float = 0.25
+    detail: float = 0.1
+    complex_reasoning: float = 0.1
+
+
+def make_scenes(seed: int, n: int, start: int = 0) -> list[Scene]:
+    """Scenes `start .. start+n-1` of world `seed`."""
+    return [make_scene(seed, i) for i in range(start, start + n)]
+
+
+def prompt_of(qa: teacher.QA) -> str:
+    """The user text for a teacher question: description questions as is, the others ask for a short answer."""
+    return qa.question if qa.qtype == "description" else f"{qa.question}\n{SHORT_ANSWER}"
+
+
+def eval_items(scene: Scene, rng: random.Random, qtypes: Sequence[str] = QTYPES) -> list[teacher.QA]:
+    """One question per type (types the scene cannot support, e.g. no uniquely named object, are skipped)."""
+    return [qa for t in qtypes if (qa := teacher.sample_qa(scene, rng, t)) is not None]
+
+
+def _vqa_turns(scene: Scene, rng: random.Random, k: int) -> list[tuple[str, str]]:
+    """`k` short-answer turns with types spread evenly, no question asked twice."""
+    types = list(QTYPES) * (k // len(QTYPES) + 1)
+    rng.shuffle(types)
+    turns, seen = [], set()
+    for t in types:
+        qa = teacher.sample_qa(scene, rng, t)
+        if qa is None or qa.question in seen:
+            continue
+        seen.add(qa.question)
+        turns.append((prompt_of(qa), qa.answer))
+        if len(turns) == k:
+            break
+    return turns
+
+
+def _teacher_turns(scene: Scene, rtype: str, rng: random.Random) -> list[tuple[str, str]]:
+    """A teacher response of `rtype` through datagen's own parser (the path an LLM's answer takes)."""
+    try:
+        turns = parse_response(rtype, teacher.respond(scene, rtype, rng))
+    except Rejected:
+        return []
+    if rtype == "detail":
+        turns = [(rng.choice(DETAIL_REQUESTS), turns[0][1])]
+    return turns
+
+
+def _record(rid: str, image: str, turns: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    conv = []
+    for j, (q, a) in enumerate(turns):
+        conv.append({"from": "human", "value": f"{IMAGE_TOKEN}\n{q}" if j == 0 else q})
+        conv.append({"from": "gpt", "value": a})
+    return {"id": rid, "image": image, "conversations": conv}
+
+
+def _count(rate: float, rng: random.Random) -> int:
+    """`rate` records per scene on average: the integer part always, the fraction by chance."""
+    return int(rate) + (1 if rng.random() < rate - int(rate) else 0)
+
+
+def stage2_records(scene: Scene, image: str, rng: random.Random, mix: DataMix) -> Iterator[dict[str, Any]]:
+    """The stage-2 records of one scene, in the data mix's proportions."""
+    for i in range(_count(mix.vqa, rng)):
+        turns = _vqa_turns(scene, rng, rng.randint(*mix.vqa_turns))
+        if turns:
+            yield _record(f"{scene.key}-vqa{i}", image, turns)
+    for rtype in RTYPES:  # the paper's three response types
+        for i in range(_count(getattr(mix, rtype), rng)):
+            turns = _teacher_turns(scene, rtype, rng)
+            if turns:
+                yield _record(f"{scene.key}-{rtype}{i}", image, turns)
+
+
+def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int, seed: int,
+                  mix: DataMix = DataMix()) -> dict[str, Any]:
+    """Render `scenes` to `out_dir/images/*.png` and write `stage1.json` + `stage2.json`; return counts."""
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"demo-data:{seed}")
+    stage1, stage2 = [], []
+    for scene in scenes:
+        name = f"images/{scene.key}.png"
+        path = out / name
+        if not path.exists():
+            render(scene, image_size).save(path, optimize=False, compress_level=1)
+        caption = teacher.captions(scene, rng, 1)[0]
+        stage1.append(_record(f"{scene.key}-cap", name, [(rng.choice(teacher.ASK["description"]), caption)]))
+        stage2.extend(stage2_records(scene, name, rng, mix))
+    rng.shuffle(stage2)
+    for fname, recs in (("stage1.json", stage1), ("stage2.json", stage2)):
+        (out / fname).write_text(json.dumps(recs), encoding="utf-8")
+    kinds: dict[str, int] = {}
+    for r in stage2:
+        kind = r["id"].rsplit("-", 1)[-1].rstrip("0123456789")
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return {"images": len(scenes), "stage1": len(stage1), "stage2": len(stage2), "stage2_kinds": kinds,
+            "stage2_turns": sum(len(r["conversations"]) // 2 for r in stage2)}
+
+
+def _chat_text(turns: Sequence[tuple[str, str]], template: str = "vicuna_v1") -> str:
+    """A conversation in the chat template's layout, image slots left out (so "USER:" etc. become tokens)."""
+    flat = [Turn(role, text) for q, a in turns for role, text in (("user", q), ("assistant", a))]
+    return "".join(p.text for p in get_template(template).render(flat, add_generation_prompt=False))
+
+
+def text_corpus(scenes: Sequence[Scene], seed: int) -> list[str]:
+    """World text, one document per entry: captions, Q/A in both short and sentence form, descriptions,
+    and conversations in the chat layout."""
+    rng = random.Random(f"demo-text:{seed}")
+    docs = [VICUNA_SYSTEM, SHORT_ANSWER, *DETAIL_REQUESTS]
+    for scene in scenes:
+        docs.append(_chat_text(_vqa_turns(scene, rng, 3)))
+        docs.extend(teacher.captions(scene, rng, 2))
+        qas = eval_items(scene, rng)
+        docs.append(" ".join(f"{qa.question} {qa.answer}." for qa in qas))
+        docs.append(" ".join(f"{qa.question} {qa.sentence}" for qa in qas))
+        for q, a in _teacher_turns(scene, rng.choice(RTYPES), rng):
+            docs.append(f"{q} {a}" if q else a)
+    return docs

@@ -1,0 +1,196 @@
+"""Held-out evaluation on the synthetic world: the shipped bundle and the torch model, same questions.
+
+Contract:
+- `eval_set(n, seed)` → the questions: for scenes `make_scene(seed, 0..n-1)` one teacher question per type
+  (`corpus.QTYPES`), each with the scene, its rendered PNG bytes and the canonical answer. Deterministic.
+- `score(qa, prediction, scene)` → bool. Short answers: exact match after lower-casing and stripping
+  punctuation ("Red." == "red"). Descriptions ("short description facts"): the checker finds no false claim
+  in the text and the inventory it names ("two red circles and a blue square") equals the scene's, as a
+  multiset of colour + shape.
+- `evaluate_bundle(model, n, seed)` asks every question in a fresh conversation through `llava_local`'s
+  `ChatSession` (greedy), the engine behind `llava-local chat`; `evaluate_torch(checkpoint, n, seed)` asks
+  the same questions of the layout-c checkpoint with transformers' `LlavaForConditionalGeneration`
+  (greedy, batched). Both return an `EvalResult` (accuracy per type, overall, every item).
+
+This module imports torch only inside `evaluate_torch`.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.datagen import teacher
+from training.datagen.checker import check_text
+from training.datagen.render import render
+from training.datagen.world import COLOURS, NUMBER_WORDS, SHAPES, Scene, make_scene
+
+from .corpus import QTYPES, eval_items, prompt_of
+
+IMAGE_SIZE = 96  # rendered side in pixels; the bundle's preprocessing resizes if it wants another size
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    scene: Scene
+    png: bytes
+    qa: teacher.QA
+
+    @property
+    def prompt(self) -> str:
+        return prompt_of(self.qa)
+
+
+@dataclass
+class EvalResult:
+    """Per-item outcomes; accuracies are fractions in [0, 1]."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, item: EvalItem, prediction: str) -> None:
+        self.items.append({"scene": item.scene.key, "type": item.qa.qtype, "question": item.prompt,
+                           "answer": item.qa.answer, "prediction": prediction,
+                           "correct": score(item.qa, prediction, item.scene)})
+
+    def per_type(self) -> dict[str, tuple[int, int]]:
+        """type → (correct, total), in QTYPES order."""
+        out: dict[str, list[int]] = {}
+        for it in self.items:
+            c = out.setdefault(it["type"], [0, 0])
+            c[0] += int(it["correct"])
+            c[1] += 1
+        return {t: (out[t][0], out[t][1]) for t in QTYPES if t in out}
+
+    def overall(self) -> float:
+        return sum(it["correct"] for it in self.items) / max(1, len(self.items))
+
+    def summary(self) -> dict[str, Any]:
+        return {"overall": round(self.overall(), 4), "n_questions": len(self.items),
+                "per_type": {t: round(c / n, 4) for t, (c, n) in self.per_type().items()},
+                "min_type": round(min((c / n for c, n in self.per_type().values()), default=0.0), 4),
+                "seconds": round(self.seconds, 1)}
+
+
+def eval_set(n: int, seed: int, qtypes: Sequence[str] = QTYPES) -> list[EvalItem]:
+    """The questions for scenes 0..n-1 of world `seed` (one per type and scene where the scene allows it)."""
+    items = []
+    for i in range(n):
+        scene = make_scene(seed, i)
+        buf = io.BytesIO()
+        render(scene, IMAGE_SIZE).save(buf, format="PNG")
+        rng = random.Random(f"demo-eval:{seed}:{i}")
+        items += [EvalItem(scene, buf.getvalue(), qa) for qa in eval_items(scene, rng, qtypes)]
+    return items
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+_NUMS = {w: i for i, w in enumerate(NUMBER_WORDS)} | {"a": 1, "an": 1}
+_INVENTORY = re.compile(
+    rf"\b(?P<n>{'|'.join(_NUMS)}|\d+)\s+(?:(?:small|large)\s+)?(?P<colour>{'|'.join(COLOURS)})\s+"
+    rf"(?P<shape>{'|'.join(SHAPES)})s?\b")
+
+
+def inventory(text: str) -> Counter:
+    """(colour, shape) → count named in a description ("two red circles and a blue square")."""
+    out: Counter = Counter()
+    for m in _INVENTORY.finditer(text.lower()):
+        n = _NUMS.get(m["n"])
+        out[(m["colour"], m["shape"])] += int(m["n"]) if n is None else n
+    return out
+
+
+def score(qa: teacher.QA, prediction: str, scene: Scene) -> bool:
+    """Is `prediction` a correct answer to `qa` about `scene`? (see the module docstring)"""
+    if qa.qtype == "description":
+        truth = Counter((o.colour, o.shape) for o in scene.objects)
+        return inventory(prediction) == truth and check_text(scene, prediction).ok
+    return _norm(prediction) == _norm(qa.answer)
+
+
+def evaluate_bundle(model: str | Path | None, n: int, seed: int, *, device: str = "cpu",
+                    progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """Every question in a fresh conversation through `llava_local.ChatSession`, greedy."""
+    from llava_local import ChatSession, GenerationConfig, RuntimeConfig, open_model
+    from llava_local.events import Finished
+
+    items = eval_set(n, seed)
+    result = EvalResult()
+    t0 = time.time()
+    with open_model(None if model is None else str(model), RuntimeConfig(device=device)) as m:
+        session = ChatSession(m, generation=GenerationConfig(temperature=0.0, max_tokens=64))
+        for k, item in enumerate(items):
+            session.clear()
+            text = ""
+            for ev in session.ask(item.prompt, images=[item.png]):
+                if isinstance(ev, Finished):
+                    text = ev.text
+            result.add(item, text.strip())
+            if progress:
+                progress(k + 1, len(items))
+    result.seconds = time.time() - t0
+    return result
+
+
+def evaluate_torch(checkpoint: str | Path, n: int, seed: int, *, batch_size: int = 32,
+                   progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """The same questions through transformers' LlavaForConditionalGeneration (layout c), greedy, batched."""
+    import json
+
+    import numpy as np
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from llava_local.preprocess import PreprocessConfig, preprocess
+    from llava_local.templates import Turn, get_template
+    from training.dataset import encode
+    from training.model import load_tokenizer
+
+    ckpt = Path(checkpoint)
+    meta = json.loads((ckpt / "llava_local.json").read_text(encoding="utf-8"))
+    pp = PreprocessConfig.from_dict(meta["preprocess"])
+    template = get_template(meta["template"])
+    tok = load_tokenizer(str(ckpt))
+    model = LlavaForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch.float32).eval()
+    cfg = model.config
+    n_img = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2 + (
+        1 if cfg.vision_feature_select_strategy == "full" else 0)
+    pad = tok.unk_token_id or 0
+    items = eval_set(n, seed)
+    result = EvalResult()
+    t0 = time.time()
+    for b in range(0, len(items), batch_size):
+        batch = items[b: b + batch_size]
+        seqs = []
+        for it in batch:
+            pieces = template.render([Turn("user", it.prompt, 1)], add_generation_prompt=True)
+            ids, _ = encode(pieces, tok, cfg.image_token_id, n_img)
+            seqs.append(ids)
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):  # left padding, so every row's answer starts at the same column
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+        pixels = torch.from_numpy(np.concatenate([preprocess(it.png, pp) for it in batch]))
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=64,
+                                 do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=pad)
+        for it, row in zip(batch, out[:, width:].tolist(), strict=True):
+            if tok.eos_token_id in row:
+                row = row[: row.index(tok.eos_token_id)]
+            result.add(it, tok.decode(row, skip_special_tokens=True).strip())
+        if progress:
+            progress(min(b + batch_size, len(items)), len(items))
+    result.seconds = time.time() - t0
+    return result

@@ -1,0 +1,139 @@
+"""Step 2 of the demo recipe: pretrain a small LLaMA (random init) on the synthetic world's text.
+
+Contract: `pretrain_lm(texts, tokenizer_dir, out_dir, cfg)` builds a `transformers.LlamaForCausalLM` from
+`LMConfig`, trains it with next-token loss on `texts` (each text is one document: BOS + text + EOS), and
+writes an HF model directory (`config.json`, `model.safetensors`, the tokenizer files copied from
+`tokenizer_dir`) that the LLaVA training configs name as their language model. Returns a small report
+(steps, final loss, seconds).
+
+Documents are packed greedily into rows of `seq_len` tokens (padding only at the row ends, masked with -100),
+so short captions cost no padding compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Shape and schedule of the base language model."""
+
+    hidden_size: int = 256  # multiples of 256 let q4_k_m use real K-quants
+    intermediate_size: int = 768
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    max_position_embeddings: int = 512
+    seq_len: int = 128  # packed row length in tokens
+    batch_size: int = 32  # rows per step
+    steps: int = 600
+    lr: float = 2e-3
+    warmup: int = 50
+    weight_decay: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("hidden_size must divide into num_heads, and num_heads into num_kv_heads")
+        if self.steps <= 0 or self.batch_size <= 0 or self.seq_len <= 8:
+            raise ValueError("steps and batch_size must be positive and seq_len > 8")
+
+
+def pack_documents(docs: Sequence[Sequence[int]], seq_len: int, pad_id: int) -> tuple[Any, Any]:
+    """Greedy packing: whole documents into rows of `seq_len`; returns (input_ids, labels) int64 (N, seq_len).
+
+    Documents longer than a row are cut. A row's tail is padding with label -100.
+    """
+    import torch
+
+    rows: list[list[int]] = []
+    cur: list[int] = []
+    for doc in docs:
+        doc = list(doc)[:seq_len]
+        if len(cur) + len(doc) > seq_len:
+            rows.append(cur)
+            cur = []
+        cur += doc
+    if cur:
+        rows.append(cur)
+    ids = torch.full((len(rows), seq_len), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), seq_len), IGNORE_INDEX, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        labels[i, : len(row)] = torch.tensor(row)
+    return ids, labels
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warmup then cosine decay to 10% of `peak`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def pretrain_lm(texts: Sequence[str], tokenizer_dir: str | Path, out_dir: str | Path, cfg: LMConfig) -> dict[str, Any]:
+    """Train the base LLaMA on `texts` and save it as an HF directory with the tokenizer; return a report."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    vocab = len(tok)  # SentencePiece pieces + <image>
+    docs = [[tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"], tok.eos_token_id] for t in texts]
+    ids, labels = pack_documents(docs, cfg.seq_len, pad_id=tok.unk_token_id)
+    n_rows = ids.shape[0]
+
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.unk_token_id,
+    ))
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(n_rows, generator=gen)
+    pos, losses = 0, []
+    model.train()
+    for step in range(cfg.steps):
+        if pos + cfg.batch_size > n_rows:
+            order, pos = torch.randperm(n_rows, generator=gen), 0
+        idx = order[pos : pos + cfg.batch_size]
+        pos += cfg.batch_size
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+        loss = model(input_ids=ids[idx], labels=labels[idx]).loss  # labels shift inside the model
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 100 == 0 or step == cfg.steps - 1:
+            log.info("lm step %d/%d loss %.4f", step, cfg.steps, loss.item())
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    for f in Path(tokenizer_dir).iterdir():
+        if f.is_file():
+            shutil.copy2(f, out / f.name)
+    tail = losses[-20:]
+    return {"rows": n_rows, "tokens": int((labels != IGNORE_INDEX).sum()), "steps": cfg.steps,
+            "final_loss": round(sum(tail) / len(tail), 4), "seconds": round(time.time() - t0, 1),
+            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2), "config": asdict(cfg)}

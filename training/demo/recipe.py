@@ -1,0 +1,265 @@
+"""Build llava-local-tiny from nothing: `python -m training.demo.recipe --out models/llava-local-tiny`.
+
+Contract: `run_recipe(cfg, work, out)` runs the whole LLaVA method at toy scale on the synthetic world and
+leaves a bundle in `out`; every stage's wall time and result go to `work/recipe-report.json` and into the
+bundle manifest's provenance (recipe, config, data seed). Fixed seeds everywhere, so a re-run regenerates an
+equivalent model (bit-identical only with the same torch build and thread count).
+
+Stages (`--from STAGE` restarts at a stage, reusing the work dir's earlier outputs):
+1. data       render `world.scenes` scenes of world `world.seed`; LLaVA JSON for stage 1 and stage 2
+2. tokenizer  SentencePiece with LLaMA's settings on the world's text (`training.tokenizer`)
+3. lm         pretrain a small LlamaForCausalLM on that text (`lm_pretrain`)
+4. clip       pretrain a small CLIP ViT contrastively on image–caption pairs (`clip_pretrain`)
+5. stage1     LLaVA stage 1 through `training.trainer` (preset `demo-stage1`: projector only)
+6. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM)
+7. convert    `llava-local convert` → quantized GGUF + ONNX bundle
+8. eval       held-out scenes through the bundle (llava_local ChatSession) and the torch model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from llava_local.errors import LlavaLocalError, UsageError
+
+from .clip_pretrain import ClipConfig
+from .corpus import DataMix
+from .lm_pretrain import LMConfig
+
+log = logging.getLogger("training.demo.recipe")
+
+RECIPE_YAML = Path(__file__).with_name("recipe.yaml")
+STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "stage2", "convert", "eval")
+RECIPE_ID = "llava-local-tiny/1"  # bump when the recipe changes what it trains
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """training/demo/recipe.yaml, parsed."""
+
+    world_seed: int = 0
+    scenes: int = 12000
+    image_size: int = 96
+    mix: DataMix = field(default_factory=DataMix)
+    vocab_size: int = 1024
+    lm: LMConfig = field(default_factory=LMConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    stage1: str = "demo-stage1"
+    stage2: str = "demo-stage2"
+    quant: str = "q8_0"
+    eval_seed: int = 1000
+    eval_n: int = 300
+
+    def __post_init__(self) -> None:
+        if self.clip.image_size != self.image_size:
+            raise UsageError("clip.image_size must equal world.image_size")
+        if self.eval_seed == self.world_seed:
+            raise UsageError("eval.seed must differ from world.seed (the eval uses held-out scenes)")
+
+
+def _dc(cls: type, data: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    bad = sorted(set(data) - known)
+    if bad:
+        raise UsageError(f"{where}: unknown key {bad[0]!r}; known: {', '.join(sorted(known))}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def load_recipe(path: str | Path = RECIPE_YAML, scale: float = 1.0) -> RecipeConfig:
+    """Read the recipe YAML; `scale` < 1 shrinks scenes and step counts for a quick trial run."""
+    import yaml
+
+    d = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    w, e = d.get("world", {}), d.get("eval", {})
+    lm = _dc(LMConfig, d.get("lm", {}), "lm")
+    clip = _dc(ClipConfig, d.get("clip", {}), "clip")
+    scenes = int(w.get("scenes", 12000))
+    if scale != 1.0:
+        from dataclasses import replace
+
+        lm = replace(lm, steps=max(20, int(lm.steps * scale)), warmup=max(5, int(lm.warmup * scale)))
+        clip = replace(clip, steps=max(20, int(clip.steps * scale)), warmup=max(5, int(clip.warmup * scale)))
+        scenes = max(256, int(scenes * scale))
+    return RecipeConfig(
+        world_seed=int(w.get("seed", 0)), scenes=scenes, image_size=int(w.get("image_size", 96)),
+        mix=_dc(DataMix, d.get("mix", {}), "mix"), vocab_size=int(d.get("tokenizer", {}).get("vocab_size", 1024)),
+        lm=lm, clip=clip, stage1=d.get("stages", {}).get("stage1", "demo-stage1"),
+        stage2=d.get("stages", {}).get("stage2", "demo-stage2"), quant=d.get("convert", {}).get("quant", "q8_0"),
+        eval_seed=int(e.get("seed", 1000)), eval_n=int(e.get("n", 300)),
+    )
+
+
+class Recipe:
+    """The stages, each a method writing into `work`; `report` collects timings and results."""
+
+    def __init__(self, cfg: RecipeConfig, work: Path, out: Path, stage_overrides: dict[str, list[str]]) -> None:
+        self.cfg, self.work, self.out = cfg, work, out
+        self.stage_overrides = stage_overrides
+        self.report: dict[str, Any] = {"recipe": RECIPE_ID, "config": asdict(cfg), "stages": {}}
+        report_path = work / "recipe-report.json"
+        if report_path.is_file():  # keep earlier stages' numbers when restarting with --from
+            old = json.loads(report_path.read_text(encoding="utf-8"))
+            self.report["stages"] = old.get("stages", {})
+
+    # -- paths
+    @property
+    def data(self) -> Path:
+        return self.work / "data"
+
+    def _scenes(self):
+        from .corpus import make_scenes
+
+        return make_scenes(self.cfg.world_seed, self.cfg.scenes)
+
+    # -- stages
+    def stage_data(self) -> dict[str, Any]:
+        from .corpus import build_dataset, text_corpus
+
+        scenes = self._scenes()
+        info = build_dataset(self.data, scenes, self.cfg.image_size, self.cfg.world_seed, self.cfg.mix)
+        texts = text_corpus(scenes, self.cfg.world_seed)
+        (self.data / "corpus.json").write_text(json.dumps(texts), encoding="utf-8")
+        info["text_docs"] = len(texts)
+        return info
+
+    def _texts(self) -> list[str]:
+        return json.loads((self.data / "corpus.json").read_text(encoding="utf-8"))
+
+    def stage_tokenizer(self) -> dict[str, Any]:
+        from training.tokenizer import train_sentencepiece
+
+        out = train_sentencepiece(self._texts(), self.work / "tokenizer", vocab_size=self.cfg.vocab_size)
+        return {"vocab_size": self.cfg.vocab_size, "dir": str(out)}
+
+    def stage_lm(self) -> dict[str, Any]:
+        from .lm_pretrain import pretrain_lm
+
+        return pretrain_lm(self._texts(), self.work / "tokenizer", self.work / "base-llm", self.cfg.lm)
+
+    def stage_clip(self) -> dict[str, Any]:
+        import numpy as np
+        import torch
+
+        from llava_local.preprocess import PreprocessConfig, load_image, to_pixels
+
+        from .clip_pretrain import pretrain_clip
+
+        records = json.loads((self.data / "stage1.json").read_text(encoding="utf-8"))
+        pp = PreprocessConfig(mode="pad", size=self.cfg.image_size)
+        pixels = torch.from_numpy(np.stack([to_pixels(load_image(self.data / r["image"]), pp) for r in records]))
+        captions = [r["conversations"][1]["value"] for r in records]
+        return pretrain_clip(pixels, captions, self.work / "tokenizer", self.work / "base-clip", self.cfg.clip)
+
+    def _train(self, preset: str, stage: str, extra: list[str]) -> dict[str, Any]:
+        from training.config import load_config
+        from training.trainer import run_training
+
+        w = self.work
+        overrides = [f"model.vision_tower={w / 'base-clip'}", f"model.language_model={w / 'base-llm'}",
+                     f"data.json={self.data / f'{stage}.json'}", f"train.out_dir={w / stage}", *extra,
+                     *self.stage_overrides.get(stage, [])]
+        cfg = load_config(preset, overrides)
+        out = run_training(cfg)
+        metrics = Path(out) / "metrics.jsonl"
+        last = {}
+        if metrics.is_file():
+            lines = [json.loads(x) for x in metrics.read_text(encoding="utf-8").splitlines() if x.strip()]
+            last = lines[-1] if lines else {}
+        return {"preset": preset, "overrides": overrides, "final": last}
+
+    def stage_stage1(self) -> dict[str, Any]:
+        return self._train(self.cfg.stage1, "stage1", [])
+
+    def stage_stage2(self) -> dict[str, Any]:
+        return self._train(self.cfg.stage2, "stage2", [f"model.init_from={self.work / 'stage1'}"])
+
+    def stage_convert(self) -> dict[str, Any]:
+        from llava_local.cli import main as cli_main
+
+        tmp = self.out.with_name(self.out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        argv = ["convert", str(self.work / "stage2"), "-o", str(tmp), "--quant", self.cfg.quant,
+                "--name", "llava-local-tiny", "--force", "--quiet"]
+        rc = cli_main(argv)
+        if rc != 0:
+            raise LlavaLocalError(f"`llava-local {' '.join(argv)}` failed with exit code {rc}")
+        self._stamp_provenance(tmp)
+        shutil.rmtree(self.out, ignore_errors=True)
+        tmp.rename(self.out)
+        size = sum(f.stat().st_size for f in self.out.iterdir())
+        return {"argv": argv, "bundle_bytes": size}
+
+    def _stamp_provenance(self, bundle: Path) -> None:
+        """Record the recipe, its config and the data seed in the manifest (files' hashes are unchanged)."""
+        from dataclasses import replace
+
+        from llava_local.manifest import load_manifest, write_manifest
+
+        m = load_manifest(bundle)
+        prov = dict(m.provenance)
+        prov["recipe"] = {"id": RECIPE_ID, "command": "python -m training.demo.recipe --out models/llava-local-tiny",
+                          "config": asdict(self.cfg), "data_seed": self.cfg.world_seed,
+                          "timings_s": {k: v.get("seconds") for k, v in self.report["stages"].items()}}
+        write_manifest(bundle, replace(m, provenance=prov))
+
+    def stage_eval(self) -> dict[str, Any]:
+        from .evaluate import evaluate_bundle, evaluate_torch
+
+        n, seed = self.cfg.eval_n, self.cfg.eval_seed
+        bundle = evaluate_bundle(self.out, n=n, seed=seed)
+        torch_res = evaluate_torch(self.work / "stage2", n=n, seed=seed)
+        return {"bundle": bundle.summary(), "torch": torch_res.summary()}
+
+    def run(self, start: str = "data", stop: str = "eval") -> dict[str, Any]:
+        self.work.mkdir(parents=True, exist_ok=True)
+        for name in STAGES[STAGES.index(start): STAGES.index(stop) + 1]:
+            t0 = time.time()
+            log.warning("recipe: %s ...", name)
+            result = getattr(self, f"stage_{name}")()
+            result = {**result, "seconds": round(time.time() - t0, 1)}
+            self.report["stages"][name] = result
+            log.warning("recipe: %s done in %.1fs", name, result["seconds"])
+            (self.work / "recipe-report.json").write_text(json.dumps(self.report, indent=2, default=str) + "\n",
+                                                          encoding="utf-8")
+        total = sum(v.get("seconds", 0) for v in self.report["stages"].values())
+        self.report["total_seconds"] = round(total, 1)
+        (self.work / "recipe-report.json").write_text(json.dumps(self.report, indent=2, default=str) + "\n",
+                                                      encoding="utf-8")
+        return self.report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.demo.recipe", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="models/llava-local-tiny", help="bundle directory to write")
+    p.add_argument("--work", default="build/demo", help="work dir for data, base models and checkpoints")
+    p.add_argument("--config", default=str(RECIPE_YAML), help="recipe YAML")
+    p.add_argument("--scale", type=float, default=1.0, help="shrink scenes and steps (e.g. 0.2 for a trial run)")
+    p.add_argument("--from", dest="start", choices=STAGES, default="data", help="first stage to run")
+    p.add_argument("--to", dest="stop", choices=STAGES, default="eval", help="last stage to run")
+    p.add_argument("--stage1", nargs="*", default=[], metavar="key=value", help="extra stage-1 config overrides")
+    p.add_argument("--stage2", nargs="*", default=[], metavar="key=value", help="extra stage-2 config overrides")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        cfg = load_recipe(args.config, args.scale)
+        recipe = Recipe(cfg, Path(args.work), Path(args.out), {"stage1": args.stage1, "stage2": args.stage2})
+        report = recipe.run(args.start, args.stop)
+    except LlavaLocalError as e:
+        print(f"recipe: error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(json.dumps({k: v.get("seconds") for k, v in report["stages"].items()} | {"total": report["total_seconds"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
