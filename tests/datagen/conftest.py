@@ -123,6 +123,8 @@ class ScriptedServer:
             n = self.requests[(tag, rtype)]
         if self.delay:
             time.sleep(self.delay)
+        if tag == "slow" and n == 1:
+            time.sleep(2.0)  # longer than the client's --timeout: the client retries
         if tag == "flaky429" and n == 1:
             return 429, {"Retry-After": "0"}, {"error": "slow down"}
         if tag == "flaky500" and n == 1:

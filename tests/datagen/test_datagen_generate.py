@@ -80,6 +80,25 @@ def test_endpoint_down_leaves_jobs_for_the_next_run(coco_dir, capsys):
     assert rc == 1 and "HTTP 401" in err and "API key" in err and err.count("\n") == 1
 
 
+def test_timeouts_are_retried(tmp_path):
+    make_coco(tmp_path, tags=("slow", "good"))
+    with ScriptedServer() as s:
+        assert main(_args(tmp_path, tmp_path / "o.json", "--backend", "openai", "--base-url", s.url, "--model", "m",
+                          "--timeout", "0.5", "--retries", "4", "--backoff", "0.001", "--workers", "6")) == 0
+        assert all(s.requests[("slow", t)] >= 2 for t in ("conversation", "detail", "complex_reasoning"))
+    assert len(json.loads((tmp_path / "o.json").read_text())) == 6
+
+
+def test_resume_refuses_changed_input(tmp_path, capsys):
+    make_coco(tmp_path, tags=("good", "malformed"))
+    with ScriptedServer() as s:
+        base = ["--backend", "openai", "--base-url", s.url, "--model", "m"]
+        assert main(_args(tmp_path, tmp_path / "o.json", *base)) == 0
+        assert main(_args(tmp_path, tmp_path / "o.json", *base, "--limit", "1")) == 1
+        assert "other settings" in capsys.readouterr().err
+        assert main(_args(tmp_path, tmp_path / "o.json", *base, "--limit", "1", "--restart")) == 0
+
+
 def test_user_mistakes_are_one_line_errors(coco_dir, capsys):
     cases = [
         (_args(coco_dir, coco_dir / "o.json", "--backend", "openai"), "--base-url"),

@@ -82,3 +82,17 @@ def test_pretrain_cli_from_tsv(tmp_path, capsys):
     assert main(["data", "pretrain", "--input", str(tmp_path / "nope.tsv"), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such file" in err and "Traceback" not in err
+
+
+def test_data_pipeline_needs_no_torch():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import sys, training.datagen.cli, training.datagen.pipeline, training.datagen.synth, "
+            "training.datagen.bench, training.datagen.backends; from llava_local.cli import build_parser; "
+            "build_parser('data'); heavy = {'torch', 'transformers', 'onnx', 'textual', 'llama_cpp'}; "
+            "print(sorted(heavy & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -91,6 +91,7 @@ class OpenAIBackend:
                  limiter: RateLimiter | None = None, on_retry=None) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key = model, api_key
+        self.identity = f"openai:{model}"  # not the URL: the same model may move to another host
         self.temperature, self.max_tokens, self.timeout = temperature, max_tokens, timeout
         self.policy, self.limiter = policy, limiter or RateLimiter(None)
         self.on_retry = on_retry
@@ -148,6 +149,7 @@ class LlamaCppBackend:
         except (ValueError, RuntimeError) as e:
             raise DatagenError(f"{model_path}: llama.cpp cannot load it ({e})") from None
         self.temperature, self.max_tokens = temperature, max_tokens
+        self.identity = f"llama:{Path(model_path).name}"
         self.grammars = {
             t: LlamaGrammar.from_string(_gbnf(t, line_chars), verbose=False) for t in GRAMMARS
         } if grammar else {}

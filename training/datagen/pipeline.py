@@ -205,7 +205,10 @@ def run(records: list[ImageRecord], backend, settings: Settings, out: Path, *, w
     """Generate, journal and write `out` (+ `<stem>.stats.json`, and per-type files with `split`)."""
     t0 = time.monotonic()
     jobs = plan_jobs(records, settings)
-    settings_doc = asdict(settings) | {"backend": backend.name, "n_records": len(records)}
+    # What must not change between a run and its resume: the settings, the backend and model, the input.
+    inputs = hashlib.sha256("\n".join(f"{r.id}\t{r.image}" for r in records).encode()).hexdigest()[:16]
+    settings_doc = asdict(settings) | {"backend": getattr(backend, "identity", backend.name),
+                                       "n_records": len(records), "records_sha256": inputs}
     with Journal(sidecar(out, "journal.jsonl"), settings_doc, restart=restart) as journal:
         already = sum(1 for j in jobs if j.id in journal.done)
         bar = Progress("generate", len(jobs), already, enabled=progress)
