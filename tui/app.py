@@ -30,10 +30,7 @@ from . import commands
 from .app_commands import CommandsMixin
 from .attach import check_image
 from .backend import Backend
-from .screens.help import HelpScreen
 from .screens.image_picker import ImagePickerScreen
-from .screens.sessions import SessionsScreen
-from .screens.settings import SettingsScreen
 from .store import ImageRef, Message, Store
 from .widgets.assistant_turn import AssistantTurn, stats_line
 from .widgets.attachment_bar import AttachmentBar
@@ -60,7 +57,8 @@ class LlavaApp(CommandsMixin, App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "llava-local"
     BINDINGS = [
-        Binding("escape", "cancel", "Stop", priority=True, tooltip="stop the answer (the partial answer is kept)"),
+        # Not a priority binding: modal screens keep their own Esc (close a rename field, cancel settings).
+        Binding("escape", "cancel", "Stop", tooltip="stop the answer (the partial answer is kept)"),
         Binding("ctrl+o", "pick_image", "Image", tooltip="pick an image file to attach (with a preview)"),
         Binding("ctrl+r", "regenerate", "Retry", tooltip="regenerate the last answer"),
         Binding("ctrl+n", "new_session", "New", tooltip="start a new session (the current one stays saved)"),
@@ -353,8 +351,6 @@ class LlavaApp(CommandsMixin, App[int]):
     def action_cancel(self) -> None:
         if self._busy:
             self._cancel.set()
-        elif isinstance(self.screen, (HelpScreen, SessionsScreen, SettingsScreen, ImagePickerScreen)):
-            self.screen.action_dismiss() if isinstance(self.screen, HelpScreen) else self.screen.dismiss(None)
 
     def action_regenerate(self) -> None:
         self.cmd_retry("")

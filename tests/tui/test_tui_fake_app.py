@@ -6,6 +6,7 @@ from tuifakes import FakeBackend
 from tuihelpers import notifications, wait_until
 
 from tui.app import LlavaApp
+from tui.screens.sessions import SessionsScreen
 from tui.store import Store
 from tui.widgets.assistant_turn import AssistantTurn
 from tui.widgets.prompt import PromptInput
@@ -207,6 +208,9 @@ async def test_sessions_screen_resume_rename_delete(fake, store, red_png):
         await wait_until(pilot, lambda: len(app.history) == 2)
         await pilot.press("ctrl+s")
         await pilot.pause()
+        await pilot.press("r", "escape")  # Esc closes the rename field, not the screen
+        await pilot.pause()
+        assert isinstance(app.screen, SessionsScreen)
         await pilot.press("r")
         await pilot.press(*"renamed", "enter")  # the old title is selected: typing replaces it
         await pilot.pause()
