@@ -89,7 +89,7 @@ def _err(capsys, argv) -> tuple[int, str]:
     (lambda b, t: ["chat", "--model", str(b), "--prompt", "q", "--temperature", "-1"], "temperature", 2),
     (lambda b, t: ["chat", "--model", str(b), "--prompt", "q", "--top-p", "2"], "top_p", 2),
     (lambda b, t: ["chat", "--model", str(b), "--prompt", "   "], "empty", 2),
-    (lambda b, t: ["chat", "--model", str(b), "--prompt", "q", "--quant", "q3_zz"], "--quant q3_zz: this bundle has", 2),
+    (lambda b, t: ["chat", "--model", str(b), "--prompt", "q", "--quant", "q3_zz"], "--quant q3_zz: this bundle", 2),
     (lambda b, t: ["chat", "--model", str(b), "--prompt", "q", "--n-ctx", "0"], "--n-ctx", 2),
     (lambda b, t: ["chat", "--model", str(b / "manifest.json"), "--prompt", "q"], "is a file", 1),
     (lambda b, t: ["info", str(t)], "no manifest.json", 1),
