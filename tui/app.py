@@ -49,6 +49,7 @@ class _Pending:
     regenerate: bool
     prompt: str
     replaced: AssistantTurn | None = None  # regenerate: the old answer, hidden until the new one is done
+    started: bool = False  # the prompt reached the KV cache: from here on the runtime keeps the turn
 
 
 class LlavaApp(CommandsMixin, App[int]):
@@ -292,6 +293,7 @@ class LlavaApp(CommandsMixin, App[int]):
         elif isinstance(event, ImageEncoded):
             self.status.set(state=f"image {event.image_id[:8]} {'cached' if event.cached else 'encoded'}")
         elif isinstance(event, PromptProcessed):
+            cur.started = True
             self.status.set(state="answering… (Esc stops)")
         elif isinstance(event, Finished):
             self._finished(cur, event)
@@ -329,6 +331,13 @@ class LlavaApp(CommandsMixin, App[int]):
     def _failed(self, message: str) -> None:
         """The question did not run (bad image, full context…): undo its widgets, give the text back."""
         cur = self._current
+        if cur is not None and cur.started:
+            # The engine failed mid-answer and keeps the partial answer as the turn (session-api rules), so we do
+            # too: shown as stopped and saved, so screen, disk and KV cache stay in step.
+            self._finished(cur, Finished(cur.turn.text, "cancelled", 0, 0, 0.0, 0.0,
+                                         getattr(self.session, "context_used", 0), self.status.status.context_max))
+            self._error(message)
+            return
         self._busy, self._current = False, None
         if cur is not None and not cur.regenerate:
             turns = list(self.conversation.children)

@@ -270,3 +270,18 @@ async def test_quit_while_answering_is_clean(fake, store):
         await pilot.press("ctrl+q")
     assert app.return_code in (0, None)
     assert app._cancel.is_set()
+
+
+async def test_engine_failure_mid_answer_keeps_the_partial_answer(fake, store):
+    fake.answers = ["one two CRASH four", "fine"]
+    app = make_app(fake, store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.session is not None)
+        await type_and_send(pilot, "q")
+        await wait_until(pilot, lambda: not app.busy and app.history, what="failure")
+        assert any(sev == "error" and "internal error: RuntimeError" in m for sev, m in notifications(app))
+        assert app.history[-1].text == "one two" and app.query(AssistantTurn).last().has_class("stopped")
+        assert [t.text for t in app.session.turns] == ["q", "one two"]  # UI, store and session agree
+        await type_and_send(pilot, "again")
+        await wait_until(pilot, lambda: len(app.history) == 4 and not app.busy)
+    assert [m.text for m in store.messages(app.session_id)] == ["q", "one two", "again", "fine"]

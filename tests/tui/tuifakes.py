@@ -129,6 +129,9 @@ class FakeSession:
             if cancel is not None and cancel.is_set():
                 stop = "cancelled"
                 break
+            if w == "CRASH":
+                self.turns.append(Turn("assistant", out))  # like the runtime: the partial answer stays
+                raise RuntimeError("llama_decode returned -3")
             chunk = w if i == 0 else " " + w
             out += chunk
             yield TextChunk(chunk)
