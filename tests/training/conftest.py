@@ -86,8 +86,18 @@ def read_metrics(out_dir: Path) -> dict[int, dict]:
 def stage1_out(tiny_base, tiny_data, tmp_path_factory):
     """A finished tiny stage-1 run through the CLI (shared by several tests)."""
     from llava_local.cli import main
-
     out = tmp_path_factory.mktemp("runs") / "stage1"
     rc = main(["train", "tiny-stage1", *base_overrides(tiny_base, tiny_data[0], out)])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def stage2_out(tiny_base, tiny_data, stage1_out, tmp_path_factory):
+    from llava_local.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "stage2"
+    rc = main(["train", "tiny-stage2", *base_overrides(tiny_base, tiny_data[1], out), f"model.init_from={stage1_out}",
+               "optim.epochs=2"])
     assert rc == 0
     return out

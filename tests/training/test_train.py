@@ -19,15 +19,6 @@ from training.model import build_model, load_tokenizer
 from .conftest import base_overrides, read_metrics
 
 
-@pytest.fixture(scope="session")
-def stage2_out(tiny_base, tiny_data, stage1_out, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "stage2"
-    rc = main(["train", "tiny-stage2", *base_overrides(tiny_base, tiny_data[1], out), f"model.init_from={stage1_out}",
-               "optim.epochs=2"])
-    assert rc == 0
-    return out
-
-
 def _initial_state(cfg) -> dict[str, torch.Tensor]:
     torch.manual_seed(cfg.train.seed)  # as the trainer does before building
     model = build_model(cfg, load_tokenizer(cfg.tokenizer_dir))
