@@ -54,13 +54,8 @@ def store(home: Path) -> Store:
 
 
 @pytest.fixture(scope="session")
-def bundle(request, tmp_path_factory) -> Path:
-    """The tiny converted bundle: the shared `tiny_bundle` fixture when tests/conftest.py provides it, else the
-    runtime tests' torch-free random bundle (tests/runtime/tinyllava.py)."""
-    try:
-        return Path(request.getfixturevalue("tiny_bundle"))
-    except pytest.FixtureLookupError:
-        pass
+def _own_bundle(tmp_path_factory) -> Path:
+    """The runtime tests' torch-free random bundle (tests/runtime/tinyllava.py), built once."""
     import importlib.util
 
     src = Path(__file__).parents[1] / "runtime" / "tinyllava.py"
@@ -68,3 +63,13 @@ def bundle(request, tmp_path_factory) -> Path:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.build_bundle(tmp_path_factory.mktemp("tui-bundle") / "tiny")
+
+
+@pytest.fixture
+def bundle(request) -> Path:
+    """The shared converter-built `tiny_bundle` when tests/conftest.py provides it, else `_own_bundle`.
+    Function-scoped so it works whatever scope `tiny_bundle` has."""
+    try:
+        return Path(request.getfixturevalue("tiny_bundle"))
+    except pytest.FixtureLookupError:
+        return request.getfixturevalue("_own_bundle")
