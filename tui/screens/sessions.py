@@ -6,6 +6,7 @@ Dismisses with the id of the session to resume, or None. Rename and delete go st
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -58,7 +59,8 @@ class SessionsScreen(ModalScreen[int | None]):
         now = self.now if self.now is not None else time.time()
         for s in self.store.sessions():
             mark = "●" if s.id == self.current else ""
-            table.add_row(mark, s.title, s.model, str(s.n_messages), _age(s.updated, now), key=str(s.id))
+            model = Path(s.model).name or s.model  # a bundle path shows as its folder name
+            table.add_row(mark, s.title, model, str(s.n_messages), _age(s.updated, now), key=str(s.id))
 
     def _selected(self) -> int | None:
         table = self.query_one(DataTable)
