@@ -67,6 +67,7 @@ class TeacherBackend:
     """Correct answers from the synthetic world; records must carry "colour shape" boxes."""
 
     name = "teacher"
+    cpu_bound = True  # pure Python: the pipeline runs it in processes, not threads
 
     def complete(self, request: Request) -> str:
         r = request.record

@@ -20,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 
+from llava_local.errors import UsageError
+
 from .records import DatagenError
 
 BACKENDS = ("llama", "openai", "teacher")
@@ -116,7 +118,7 @@ def _backend(args: argparse.Namespace):
         if not args.base_url or not args.model:
             raise DatagenError("--backend openai needs --base-url URL and --model NAME")
         if args.retries < 1:
-            raise DatagenError("--retries must be >= 1")
+            raise UsageError("--retries must be >= 1")
         return OpenAIBackend(args.base_url, args.model, os.environ.get(args.api_key_env),
                              temperature=args.temperature, max_tokens=args.max_tokens, timeout=args.timeout,
                              policy=RetryPolicy(attempts=args.retries, base=args.backoff),
@@ -133,7 +135,7 @@ def _generate(args: argparse.Namespace) -> int:
     from .pipeline import run as run_pipeline
 
     if args.workers < 1:
-        raise DatagenError("--workers must be >= 1")
+        raise UsageError("--workers must be >= 1")
     settings = Settings(mix=args.mix or Settings().mix, per_image=args.per_image, seed=args.seed,
                         shots=args.shots, dedup=args.dedup, check_scenes=not args.no_check)
     records, missing = _records(args, check=not args.no_image_check)
@@ -173,11 +175,11 @@ def _synth(args: argparse.Namespace) -> int:
     from .world import WorldConfig
 
     if args.n < 1:
-        raise DatagenError("--n must be >= 1")
+        raise UsageError("--n must be >= 1")
     if not 16 <= args.size <= 1024:
-        raise DatagenError("--size must be 16..1024 pixels")
+        raise UsageError("--size must be 16..1024 pixels")
     if not 1 <= args.max_objects <= 9:
-        raise DatagenError("--max-objects must be 1..9")
+        raise UsageError("--max-objects must be 1..9")
     world = WorldConfig(max_objects=args.max_objects)
     stats = synthesize(args.n, args.seed, args.output, size=args.size, world=world, restart=args.restart,
                        progress=not args.quiet)
@@ -190,5 +192,5 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch `llava-local data <command>`."""
     commands = {"pretrain": _pretrain, "generate": _generate, "synth": _synth}
     if args.data_command not in commands:
-        raise DatagenError("say what to make: llava-local data {pretrain,generate,synth} --help")
+        raise UsageError("say what to make: llava-local data {pretrain,generate,synth} --help")
     return commands[args.data_command](args)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import random
 import time
@@ -111,11 +112,53 @@ def _outcome(entry: dict) -> str:
     return "ok" if "sample" in entry else entry["reject"]
 
 
+_WORKER: tuple = ()  # (backend, settings) in a process-pool worker
+
+
+def _init_worker(backend, settings: Settings) -> None:
+    global _WORKER
+    _WORKER = (backend, settings)
+
+
+def _execute_in_worker(job: Job) -> dict | None:
+    """`_execute` in a worker process; None when the backend gave up (pickling GaveUp is not worth it)."""
+    try:
+        return _execute(job, *_WORKER)
+    except GaveUp:
+        return None
+
+
+def _execute_processes(pending: list[Job], backend, settings: Settings, journal: Journal, progress: Progress,
+                       workers: int, batch: int) -> int:
+    """CPU-bound backends (the teacher): jobs in worker processes, results committed here in plan order."""
+    failed, buf = 0, []
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                initargs=(backend, settings)) as pool:
+        for entry in pool.map(_execute_in_worker, pending, chunksize=64):
+            if entry is None:
+                failed += 1
+                progress.update("backend_error")
+                continue
+            buf.append(entry)
+            progress.update(_outcome(entry))
+            if len(buf) >= batch:
+                journal.commit(buf)
+                buf = []
+    journal.commit(buf)
+    return failed
+
+
 def execute_jobs(jobs: list[Job], backend, settings: Settings, journal: Journal, progress: Progress,
                  workers: int = 1, batch: int = 1) -> int:
-    """Run the jobs not in the journal; returns how many failed after retries (left for the next run)."""
+    """Run the jobs not in the journal; returns how many failed after retries (left for the next run).
+
+    I/O-bound backends run on `workers` threads; a backend with `cpu_bound = True` runs in `workers`
+    processes instead (threads would only take turns holding the GIL)."""
     pending = [j for j in jobs if j.id not in journal.done]
     failed = 0
+    if workers > 1 and getattr(backend, "cpu_bound", False) and len(pending) > 256:
+        return _execute_processes(pending, backend, settings, journal, progress, workers, batch)
     if workers <= 1:
         buf: list[dict] = []
         for job in pending:

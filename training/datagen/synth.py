@@ -19,6 +19,7 @@ The instruction data goes through the same pipeline as `generate` (symbolic cont
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -96,7 +97,7 @@ def synthesize(n: int, seed: int, out_dir: Path, *, size: int = 96, world: World
     write_json(out_dir / "pretrain.json", pretrain)
     settings = Settings(per_image=3, seed=seed, dedup="image", check_scenes=True)
     stats = run(records, TeacherBackend(), settings, out_dir / "instruct.json", restart=restart, progress=progress,
-                split=True, batch=512, extra_stats={
+                split=True, batch=512, workers=min(2, os.cpu_count() or 1), extra_stats={
                     "scenes": n, "image_size": size, "pretrain_samples": pstats["samples"],
                     "questions": len(questions), "render_seconds": round(t_render, 3),
                 })
