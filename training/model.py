@@ -87,12 +87,12 @@ class LlavaForTraining(nn.Module):
             assert n_slots == n_rows, f"{n_slots} <image> slots for {n_rows} feature rows"
             embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), feats.to(embeds.dtype))
         else:
-            # A batch without images still runs the projector (on nothing) so every rank's FSDP
-            # collectives and gradient reductions see the same modules: LLaVA's `[0:0]` trick.
-            p = next(self.multi_modal_projector.parameters())
-            ghost = self.multi_modal_projector(torch.zeros(1, 1, p.shape[-1], dtype=embeds.dtype, device=embeds.device)
-                                               if p.dim() == 2 else torch.zeros(0))
-            embeds = embeds + 0.0 * ghost.sum()
+            # A micro-batch without images still runs tower and projector on one blank image, so that every
+            # rank enters the same FSDP units (their all-gathers are collectives) and the projector gets a
+            # (zero) gradient to reduce: LLaVA's dummy-image trick for text-only samples.
+            size = self.vision_tower.config.image_size
+            blank = torch.zeros(1, 3, size, size, device=embeds.device)
+            embeds = embeds + 0.0 * self.image_features(blank).sum().to(embeds.dtype)
         hidden = lm.model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state  # (B, L, D)
         # Predict token t+1 from position t; compute logits only where a label exists (saves B·L·V floats).
         targets = labels[:, 1:]

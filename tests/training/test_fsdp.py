@@ -1,5 +1,6 @@
-"""FSDP2 on CPU: 2 processes (gloo) under torchrun train tiny stage 1, save a sharded checkpoint, resume from it,
-and follow the single-process loss curve (same global batch, same data order)."""
+"""FSDP2 on CPU: 2 processes (gloo) under torchrun train tiny stage 2 (sharded trainable LLM, frozen tower,
+text-only samples, gradient accumulation without sync), save a sharded checkpoint, resume from it, and follow the
+single-process loss curve (same global batch and data order; different micro-batching, same token-level loss)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ def _torchrun(args: list[str], timeout: int = 240) -> subprocess.CompletedProces
 
 
 @pytest.mark.slow
-def test_fsdp2_two_processes_sharded_checkpoint_and_resume(tiny_base, tiny_data, stage1_out, tmp_path):
+def test_fsdp2_two_processes_sharded_checkpoint_and_resume(tiny_base, tiny_data, stage1_out, stage2_out, tmp_path):
     out = tmp_path / "fsdp"
-    args = ["tiny-stage1", *base_overrides(tiny_base, tiny_data[0], out), "train.checkpoint_every=2"]
+    # micro-batch 1 × 2 ranks × accumulation 2 = the global batch 4 of the single-process stage2_out run.
+    args = ["tiny-stage2", *base_overrides(tiny_base, tiny_data[1], out), f"model.init_from={stage1_out}",
+            "optim.epochs=2", "optim.micro_batch_size=1", "train.checkpoint_every=2"]
     first = _torchrun([*args, "train.stop_after_steps=3"])
     assert first.returncode == 0, first.stderr[-3000:]
     ckpts = sorted((out / "checkpoints").glob("step-*"))
@@ -38,8 +41,8 @@ def test_fsdp2_two_processes_sharded_checkpoint_and_resume(tiny_base, tiny_data,
     shutil.rmtree(ckpts[1])  # as if killed after step 3 but before its checkpoint
     second = _torchrun([*args, "--resume"])
     assert second.returncode == 0, second.stderr[-3000:]
-    fsdp, single = read_metrics(out), read_metrics(stage1_out)
-    assert sorted(fsdp) == sorted(single) == [1, 2, 3, 4]
+    fsdp, single = read_metrics(out), read_metrics(stage2_out)
+    assert sorted(fsdp) == sorted(single) == list(range(1, 9))
     for step in single:
         # Same samples and normalisation; only the order of floating-point reductions differs.
         assert fsdp[step]["loss"] == pytest.approx(single[step]["loss"], abs=1e-4), step
