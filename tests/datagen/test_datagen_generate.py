@@ -141,6 +141,13 @@ def test_tiny_local_gguf_with_grammar_always_parses(tmp_path, tiny_gguf):
     assert stats["rejected"].get("unparseable", 0) >= 2, stats
 
 
+def test_prompt_longer_than_the_context_is_a_user_error(tmp_path, tiny_gguf, capsys):
+    make_coco(tmp_path, tags=("good",))
+    assert main(_args(tmp_path, tmp_path / "c.json", "--backend", "llama", "--model", tiny_gguf, "--n-ctx", "256")) == 1
+    err = capsys.readouterr().err
+    assert "exceed context window" in err and "--n-ctx" in err and err.count("\n") == 1
+
+
 def test_killed_run_resumes_without_losing_or_duplicating(tmp_path):
     tags = tuple(f"item{i}" for i in range(36)) + ("flaky429", "malformed", "twin1", "twin2")
     make_coco(tmp_path, tags=tags)
