@@ -82,6 +82,7 @@ class ScriptedServer:
     def __init__(self, delay: float = 0.0, status_for_all: int | None = None) -> None:
         self.delay, self.status_for_all = delay, status_for_all
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.times: list[float] = []  # monotonic arrival time of each request
         self.auth: set[str] = set()
         self.lock = threading.Lock()
         server = self
@@ -119,6 +120,7 @@ class ScriptedServer:
         tag, _, rest = context.split("\n")[0].partition(": ")
         subject = rest.rstrip(".")
         with self.lock:
+            self.times.append(time.monotonic())
             self.requests[(tag, rtype)] += 1
             n = self.requests[(tag, rtype)]
         if self.delay:

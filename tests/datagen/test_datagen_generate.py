@@ -89,6 +89,15 @@ def test_timeouts_are_retried(tmp_path):
     assert len(json.loads((tmp_path / "o.json").read_text())) == 6
 
 
+def test_rate_limit_spaces_requests(tmp_path):
+    make_coco(tmp_path, tags=("good", "malformed"))
+    with ScriptedServer() as s:
+        assert main(_args(tmp_path, tmp_path / "o.json", "--backend", "openai", "--base-url", s.url, "--model", "m",
+                          "--rps", "10", "--workers", "6")) == 0
+    # 6 requests at 10/s: the last leaves ≥ 0.5 s after the first slot (unlimited, 6 workers: a few ms)
+    assert len(s.times) == 6 and s.times[-1] - s.times[0] >= 0.3, s.times
+
+
 def test_resume_refuses_changed_input(tmp_path, capsys):
     make_coco(tmp_path, tags=("good", "malformed"))
     with ScriptedServer() as s:
