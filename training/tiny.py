@@ -15,8 +15,10 @@ Contract (every builder returns the directory it wrote, and writes nothing outsi
 
 Sizes (`TinySizes`): the LLM uses hidden 256 / ffn 512 so that llama.cpp's K-quants (256-element blocks) apply
 to every matrix; the vision tower is 64 wide with 56 px images and 14 px patches (16 patch tokens).
-Weights use a larger init std than transformers' default so that the random model's logits are peaked
-(clear top-1 margins make greedy parity tests meaningful rather than coin flips).
+The LLM is random and then briefly trained (`warmup_steps` AdamW steps on `tiny_corpus`, a few seconds on
+CPU): a purely random model has near-tied top-1 logits everywhere, so an 8-bit GGUF flips greedy tokens by
+chance; a model that has learnt a little has clear margins, as real models do, and greedy parity tests then
+check the conversion rather than luck. Everything stays deterministic by seed.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class TinySizes:
     image_size: int = 56
     patch: int = 14
     init_std: float = 0.08  # LLM weights; transformers' default 0.02 gives near-uniform logits
+    warmup_steps: int = 40  # AdamW steps of next-token training on the tiny corpus (0: purely random)
 
 
 TINY = TinySizes()
@@ -105,6 +108,38 @@ def _preprocessor_config(size: int, do_pad: bool) -> dict:
     }
 
 
+def _warm_up(model, tok_dir: Path, steps: int, seed: int, *, seq: int = 32, batch: int = 8, lr: float = 3e-3) -> None:
+    """A few steps of next-token training on the tiny corpus so that the model's top-1 margins are clear."""
+    import torch
+    from transformers import AutoTokenizer
+
+    if steps <= 0:
+        return
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    ids: list[int] = []
+    for line in tiny_corpus(400, seed):
+        ids += list(tok(line).input_ids) + [tok.eos_token_id]
+    data = torch.tensor(ids)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    # One thread: these matmuls are tiny, and with several threads on a busy machine (CI, parallel test runs)
+    # OpenMP spin-waiting made each step ~10x slower. It also keeps the result independent of the core count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model.train()
+        for _ in range(steps):
+            starts = torch.randint(0, len(data) - seq - 1, (batch,), generator=g)
+            x = torch.stack([data[s:s + seq] for s in starts])  # (batch, seq) token ids
+            loss = model(input_ids=x, labels=x).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    finally:
+        torch.set_num_threads(threads)
+        model.eval()
+
+
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
@@ -149,7 +184,8 @@ def make_tiny_llava_hf(
         multimodal_projector_bias=True, tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
+    model = LlavaForConditionalGeneration(config)
+    _warm_up(model, tok_dir, sizes.warmup_steps, seed)
     model.save_pretrained(out)
     if nested_vision_keys or projector == "linear":
         _rewrite_hf_weights(out, nested_vision_keys=nested_vision_keys, linear=projector == "linear", seed=seed,
@@ -232,7 +268,8 @@ def make_tiny_llava_original(
     _tokenizer("spm", out, sizes, image_token=False, seed=seed)
     cfg = _llama_config(sizes, sizes.vocab_pieces)
     torch.manual_seed(seed)
-    llm = LlamaForCausalLM(cfg).eval()
+    llm = LlamaForCausalLM(cfg)
+    _warm_up(llm, out, sizes.warmup_steps, seed)
     state = {k: v.detach().clone().contiguous() for k, v in llm.state_dict().items()}
     g = torch.Generator().manual_seed(seed + 1)
     vh, h = sizes.vision_hidden, sizes.hidden

@@ -5,7 +5,8 @@ Contract:
   byte fallback, identity normalisation, split digits, unk 0 / bos 1 / eos 2, no pad, whitespace-only pieces
   allowed, extra whitespace kept) and writes a transformers tokenizer directory: `tokenizer.model` +
   `tokenizer_config.json` (`LlamaTokenizer`), with `<image>` appended as a special token right after the last
-  piece, as llava-hf does. `AutoTokenizer.from_pretrained(out_dir)` then gives SentencePiece's ids.
+  piece, as llava-hf does. `AutoTokenizer.from_pretrained(out_dir)` then gives SentencePiece's ids, and
+  the same ids as llama.cpp over the converted GGUF, also after special tokens (`legacy: true`).
 - `train_byte_bpe(texts, out_dir, vocab_size=...)` trains a GPT-2-style byte-level BPE with the `tokenizers`
   library and writes `tokenizer.json` + `tokenizer_config.json` (BOS `<s>` prepended, `<image>` special).
 - `tiny_corpus(n, seed)` makes a deterministic English corpus for tests and tiny checkpoints.
@@ -86,7 +87,10 @@ def train_sentencepiece(
         "pad_token": None,
         "add_bos_token": True,
         "add_eos_token": False,
-        "legacy": False,
+        # legacy=True: text after a special token gets SentencePiece's "▁" prefix, as in LLaMA's original
+        # tokenizer, LLaVA's training and llama.cpp; transformers' non-legacy mode would split "</s>USER" as
+        # "</s>","US","ER" while llama.cpp says "</s>","▁USER".
+        "legacy": True,
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
         "added_tokens_decoder": added,

@@ -1,0 +1,243 @@
+"""Build a bundle directory atomically: ONNX vision + GGUF LLM(s) + manifest.json with sha256 and parity.
+
+Contract: `convert(ConvertOptions) -> ConvertResult`. Everything is written into a hidden temporary directory
+next to the target (`.NAME.partial-XXXX`, same filesystem) and renamed into place only after every step,
+verification included, has succeeded, so an interrupted or failed convert never leaves a directory that
+looks like a valid bundle; on an exception the temporary directory is removed. An existing non-empty target
+is refused unless `force`, in which case it is replaced only at the final rename.
+
+Files: `vision.onnx` (fp32, always: it is the source of the other variants and the verification reference),
+`vision-fp16.onnx` / `vision-int8.onnx` on request, `llm-<quant>.gguf` for each requested quant. The F32/F16
+base GGUF that quantization starts from is kept only if it was requested.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llava_local import __version__
+from llava_local.errors import ConversionError
+from llava_local.manifest import LLM_QUANTS, VISION_DTYPES, LLMSpec, Manifest, VisionSpec, file_entry, write_manifest
+from llava_local.templates import get_template
+
+VISION_FILES = {"fp32": "vision.onnx", "fp16": "vision-fp16.onnx", "int8": "vision-int8.onnx"}
+
+
+def llm_file(quant: str) -> str:
+    return f"llm-{quant}.gguf"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    src: Path
+    out: Path
+    quants: tuple[str, ...] = ("q4_k_m",)  # the first is the manifest default
+    vision_dtypes: tuple[str, ...] = ("fp32",)  # the first is the manifest default; fp32 is always written
+    vision_tower: Path | None = None
+    template: str | None = None
+    name: str | None = None
+    verify: bool = True
+    force: bool = False
+    n_tokens: int = 16  # greedy answer length compared during verification
+
+    def __post_init__(self) -> None:
+        bad = [q for q in self.quants if q not in LLM_QUANTS]
+        if bad or not self.quants:
+            raise ConversionError(f"unknown --quant {bad}; choose from {', '.join(LLM_QUANTS)}")
+        bad = [d for d in self.vision_dtypes if d not in VISION_DTYPES]
+        if bad or not self.vision_dtypes:
+            raise ConversionError(f"unknown --vision-dtype {bad}; choose from {', '.join(VISION_DTYPES)}")
+
+
+@dataclass
+class ConvertResult:
+    bundle: Path
+    manifest: Manifest
+    failures: list[str] = field(default_factory=list)
+
+
+class Progress:
+    """One stderr line per step, with its duration: `convert [2/7] vision.onnx (fp32) ... 1.3s`."""
+
+    def __init__(self, total: int, stream: Any = None, enabled: bool = True) -> None:
+        self.total, self.n, self.enabled = total, 0, enabled
+        self.stream = stream or sys.stderr
+
+    def step(self, what: str) -> _Step:
+        self.n += 1
+        return _Step(self, f"convert [{self.n}/{self.total}] {what}")
+
+    def note(self, msg: str) -> None:
+        if self.enabled:
+            print(f"convert   {msg}", file=self.stream, flush=True)
+
+
+class _Step:
+    def __init__(self, progress: Progress, label: str) -> None:
+        self.p, self.label = progress, label
+
+    def __enter__(self) -> _Step:
+        self.t0 = time.perf_counter()
+        if self.p.enabled:
+            print(f"{self.label} ...", file=self.p.stream, flush=True)
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if self.p.enabled and exc_type is None:
+            print(f"{self.label} done in {time.perf_counter() - self.t0:.1f}s", file=self.p.stream, flush=True)
+
+
+def _prepare_target(out: Path, force: bool) -> Path:
+    target = out.expanduser().resolve()
+    if target.exists():
+        if not target.is_dir():
+            raise ConversionError(f"output {target} exists and is not a directory; choose another -o")
+        if any(target.iterdir()) and not force:
+            raise ConversionError(f"output {target} exists and is not empty; pass --force to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Swap the finished temporary directory into place (a rename on the same filesystem)."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{time.time_ns()}")
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def convert(opts: ConvertOptions, *, show_progress: bool = True, step_hook: Callable[[str], None] | None = None,
+            ) -> ConvertResult:
+    """Convert `opts.src` into a bundle at `opts.out`. Raises ConversionError on failure (nothing published).
+
+    `step_hook(name)` is called before each stage (tests use it to make a stage fail).
+    """
+    from . import layouts, llm_gguf, quantize, torch_ref, verify, vision_onnx
+
+    hook = step_hook or (lambda name: None)
+    target = _prepare_target(opts.out, opts.force)
+    base = "f32" if "f32" in opts.quants else "f16"
+    extra_vision = [d for d in dict.fromkeys(opts.vision_dtypes) if d != "fp32"]
+    quants = list(dict.fromkeys(opts.quants))
+    progress = Progress(4 + len(extra_vision) + len([q for q in quants if q != base]) + int(opts.verify),
+                        enabled=show_progress)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        hook("load")
+        with progress.step(f"load checkpoint {opts.src}"):
+            ckpt = layouts.load_checkpoint(opts.src, vision_tower=opts.vision_tower, template=opts.template)
+            progress.note(f"layout {ckpt.layout}, projector {ckpt.projector_type}, {ckpt.tokens_per_image} image "
+                          f"tokens x {ckpt.embed_dim}, preprocess {ckpt.preprocess.mode} {ckpt.preprocess.size}px")
+        hook("vision")
+        vision_files = {"fp32": VISION_FILES["fp32"]}
+        parity: dict[str, Any] = {}
+        with progress.step("vision.onnx (fp32)"):
+            encoder, _, _ = torch_ref.build_vision_encoder(ckpt)
+            vision_onnx.export_fp32(encoder, ckpt.preprocess.size, tmp / VISION_FILES["fp32"])
+            del encoder
+        for dtype in extra_vision:
+            hook(f"vision-{dtype}")
+            with progress.step(VISION_FILES[dtype]):
+                if dtype == "fp16":
+                    vision_onnx.make_fp16(tmp / VISION_FILES["fp32"], tmp / VISION_FILES["fp16"])
+                else:
+                    pixels = _gate_pixels(ckpt)
+                    try:
+                        cos = vision_onnx.make_int8(tmp / VISION_FILES["fp32"], tmp / VISION_FILES["int8"], pixels)
+                        parity["int8_gate"] = {"cosine": cos, "min_cosine": vision_onnx.INT8_MIN_COSINE,
+                                               "written": True}
+                    except vision_onnx.Int8Rejected as e:
+                        progress.note(f"warning: {e}")
+                        parity["int8_gate"] = {"written": False, "reason": str(e)}
+                        continue
+                vision_files[dtype] = VISION_FILES[dtype]
+        hook("gguf")
+        with progress.step(f"{llm_file(base)} (gguf-py)"):
+            llm_gguf.write_gguf(ckpt, tmp / llm_file(base), base, name=opts.name or target.name)
+        llm_files = {base: llm_file(base)} if base in quants else {}
+        for quant in quants:
+            if quant == base:
+                continue
+            hook(f"quantize-{quant}")
+            with progress.step(f"{llm_file(quant)} (llama.cpp quantize)"):
+                quantize.quantize(tmp / llm_file(base), tmp / llm_file(quant), quant)
+                llm_files[quant] = llm_file(quant)
+        report: dict[str, Any] = {"verified": False}
+        failures: list[str] = []
+        if opts.verify:
+            hook("verify")
+            with progress.step("verify against torch"):
+                # The base GGUF is verified too (it is what the quants came from), reported even if not shipped.
+                files = {base: llm_file(base), **llm_files}
+                report = verify.verify(ckpt, tmp, vision_files, files, n_tokens=opts.n_tokens,
+                                       progress=progress.note)
+                failures = verify.failures(report)
+            if failures:
+                raise ConversionError("parity check failed: " + "; ".join(failures)
+                                      + " (nothing was written; --no-verify skips the check)")
+        if base not in quants:
+            (tmp / llm_file(base)).unlink()
+        report.update(parity)
+        hook("manifest")
+        with progress.step("manifest.json (sha256 of every file)"):
+            manifest = _manifest(opts, ckpt, target, tmp, vision_files, llm_files, report)
+            write_manifest(tmp, manifest)
+        _publish(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ConvertResult(bundle=target, manifest=manifest, failures=failures)
+
+
+def _gate_pixels(ckpt: Any) -> Any:
+    import numpy as np
+
+    from llava_local.preprocess import preprocess
+
+    from .verify import test_images
+
+    return np.concatenate([preprocess(img, ckpt.preprocess) for img in test_images(3)])
+
+
+def _manifest(opts: ConvertOptions, ckpt: Any, target: Path, tmp: Path, vision_files: dict[str, str],
+              llm_files: dict[str, str], report: dict[str, Any]) -> Manifest:
+    template = get_template(ckpt.template)
+    vision_default = next((d for d in opts.vision_dtypes if d in vision_files), "fp32")
+    llm_default = next(q for q in opts.quants if q in llm_files)
+    names = [*vision_files.values(), *llm_files.values()]
+    provenance = {
+        "source": str(Path(opts.src).expanduser().resolve()),
+        "layout": ckpt.layout,
+        "vision_tower": str(ckpt.vision_source) if ckpt.vision_source else None,
+        "converter": f"llava-local {__version__}",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "projector": ckpt.projector_type,
+        "vision_feature_layer": ckpt.feature_layer,
+        "drop_cls": ckpt.drop_cls,
+        "image_token_id": ckpt.image_token_id,
+        "skipped_tensors": ckpt.skipped,
+        **ckpt.provenance,
+    }
+    return Manifest(
+        name=opts.name or target.name,
+        preprocess=ckpt.preprocess,
+        vision=VisionSpec(files=vision_files, default=vision_default, tokens_per_image=ckpt.tokens_per_image,
+                          embed_dim=ckpt.embed_dim),
+        llm=LLMSpec(files=llm_files, default=llm_default, context_length=int(ckpt.context_length)),
+        template=ckpt.template,
+        stop_strings=template.stop_strings,
+        files={n: file_entry(tmp / n) for n in names},
+        provenance=provenance,
+        parity=report,
+    )

@@ -1,0 +1,71 @@
+"""`llava-local convert SRC -o BUNDLE`: a LLaVA checkpoint → an offline bundle (ONNX vision + GGUF LLM).
+
+Contract (the CLI's COMMANDS table): `add_arguments(parser)` and `run(args) -> int`. Heavy imports (torch,
+transformers, onnx, gguf) happen inside `run`. Exit 0 with the bundle path on stdout; user mistakes and failed
+parity raise `ConversionError`, which `llava_local.cli.main` prints as one line (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from llava_local.manifest import LLM_QUANTS, VISION_DTYPES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", type=Path, help="checkpoint directory: llava-hf, original LLaVA, or `llava-local train` "
+                        "output")
+    parser.add_argument("-o", "--output", type=Path, default=None,
+                        help="bundle directory to write (default: the models dir under --name)")
+    parser.add_argument("--quant", action="append", choices=list(LLM_QUANTS), default=None,
+                        help="GGUF quantization; repeat for several, the first is the default (default: q4_k_m)")
+    parser.add_argument("--vision-dtype", action="append", choices=list(VISION_DTYPES), default=None,
+                        help="vision graph variants besides fp32; the first is the default (default: fp32)")
+    parser.add_argument("--vision-tower", type=Path, default=None,
+                        help="local CLIP directory for an original-layout checkpoint (overrides mm_vision_tower)")
+    parser.add_argument("--template", default=None, help="chat template name (default: from the checkpoint or "
+                        "vicuna_v1)")
+    parser.add_argument("--name", default=None, help="model name in the manifest (default: the output dir name)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the parity check against torch")
+    parser.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    from llava_local.errors import UsageError
+    from llava_local.paths import models_dir
+
+    from .bundle import ConvertOptions, convert
+
+    out = args.output
+    if out is None:
+        if not args.name:
+            raise UsageError("give the bundle a place: -o DIR, or --name NAME to write it into the models dir")
+        out = models_dir() / args.name
+    _quiet_libraries()
+    opts = ConvertOptions(
+        src=args.src, out=out, quants=tuple(args.quant or ("q4_k_m",)),
+        vision_dtypes=tuple(args.vision_dtype or ("fp32",)), vision_tower=args.vision_tower,
+        template=args.template, name=args.name, verify=not args.no_verify, force=args.force,
+    )
+    result = convert(opts, show_progress=not args.quiet)
+    print(result.bundle)
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """transformers' progress bars and onnxruntime.quantization's advice would drown our progress lines."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass
