@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,9 @@ def save(root: str | Path, step: int, model: nn.Module, optimizer: torch.optim.O
         tmp.mkdir(parents=True)
     barrier(dist)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_options())
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")  # one process: fine
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     torch.save({**extra, "rng": rng_state()}, tmp / f"rank-{dist.rank}.pt")
     barrier(dist)
     if dist.is_main:
@@ -107,7 +110,9 @@ def load(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, d
                          f"{dist.world}; resume with the same number of processes (torchrun --nproc-per-node)")
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_options())
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=_options(strict=False))
     extra = torch.load(path / f"rank-{dist.rank}.pt", weights_only=False)

@@ -35,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
         print(dry_run_report(cfg, world=int(os.environ.get("WORLD_SIZE", "1"))))
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    # Our own status line reports progress; transformers' per-load bars and notices only add noise.
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     from .trainer import run_training
 
     run_training(cfg, resume=args.resume)

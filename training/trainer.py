@@ -230,12 +230,14 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool) -> Path:
                                "tokens": int(counts[1]), "label_tokens": int(counts[0]), "truncated": int(counts[2]),
                                "epoch": step // su.steps_per_epoch}, time.perf_counter() - t0,
                         force=done % cfg.train.log_every == 0)
-            stop_now = stop.signal is not None or done == cfg.train.stop_after_steps
+            # Every rank must stop at the same step (a checkpoint is a collective): agree on the signal.
+            signalled = float(all_reduce_sum(torch.tensor([float(stop.signal or 0)], device=dev), dist)[0])
+            stop_now = signalled > 0 or done == cfg.train.stop_after_steps
             if stop_now or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) \
                     or done == su.total_steps:
                 save(done)
             if stop_now:
-                stopped = stop.signal or 0
+                stopped = stop.signal or (signal.SIGTERM if signalled else 0)
                 break
     metrics.close()
     if stopped is not None:
