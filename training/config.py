@@ -110,7 +110,7 @@ class RunConfig:
     activation_checkpointing: bool = True
     log_every: int = 1
     checkpoint_every: int = 500
-    """Save a resumable checkpoint every N optimizer steps (and at the end); 0: only at the end."""
+    """Save a resumable checkpoint every N optimizer steps and at the last step; 0: none (SIGTERM still saves)."""
     keep_checkpoints: int = 2
     stop_after_steps: int = 0
     """Stop (after checkpointing) once this many steps are done, without changing the schedule; 0: never."""

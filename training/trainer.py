@@ -226,15 +226,17 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool) -> Path:
             optimizer.zero_grad(set_to_none=True)
             loss = float(all_reduce_sum(loss_sum, dist)) / denom
             done = step + 1
-            metrics.log(done, {"loss": loss, "lr": scheduler.get_last_lr()[-1], "grad_norm": grad_norm,
-                               "tokens": int(counts[1]), "label_tokens": int(counts[0]), "truncated": int(counts[2]),
-                               "epoch": step // su.steps_per_epoch}, time.perf_counter() - t0,
-                        force=done % cfg.train.log_every == 0)
+            values = {"loss": loss, "lr": scheduler.get_last_lr()[-1], "grad_norm": grad_norm,
+                      "tokens": int(counts[1]), "label_tokens": int(counts[0]), "truncated": int(counts[2]),
+                      "epoch": step // su.steps_per_epoch}
+            if dev.type == "cuda":
+                values["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 3)  # this rank
+            metrics.log(done, values, time.perf_counter() - t0, force=done % cfg.train.log_every == 0)
             # Every rank must stop at the same step (a checkpoint is a collective): agree on the signal.
             signalled = float(all_reduce_sum(torch.tensor([float(stop.signal or 0)], device=dev), dist)[0])
-            stop_now = signalled > 0 or done == cfg.train.stop_after_steps
-            if stop_now or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) \
-                    or done == su.total_steps:
+            stop_now = (signalled > 0 or done == cfg.train.stop_after_steps) and done < su.total_steps
+            every = cfg.train.checkpoint_every
+            if stop_now or (every and (done % every == 0 or done == su.total_steps)):
                 save(done)
             if stop_now:
                 stopped = stop.signal or (signal.SIGTERM if signalled else 0)
