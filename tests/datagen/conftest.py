@@ -166,7 +166,7 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def build_tiny_gguf(out_dir: Path) -> Path:
+def build_tiny_gguf(out_dir: Path, chat_template: str = CHATML) -> Path:
     """A random LLaMA (2 layers, 64 wide, GQA 4/2) with a 400-piece SentencePiece BPE vocabulary."""
     import gguf
     import numpy as np
@@ -211,7 +211,7 @@ def build_tiny_gguf(out_dir: Path) -> Path:
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    w.add_chat_template(CHATML)
+    w.add_chat_template(chat_template)
     rng = np.random.default_rng(0)
 
     def t(*shape: int) -> np.ndarray:
@@ -241,3 +241,18 @@ def build_tiny_gguf(out_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_gguf(tmp_path_factory.mktemp("gguf"))
+
+
+# Mistral-Instruct's template: it raises on a system message. The leading comment keeps llama-cpp-python from
+# recognising it and substituting its own built-in formatter, so the Jinja template really runs.
+NO_SYSTEM = ("{# tiny #}{{ bos_token }}{% for message in messages %}"
+             "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+             "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+             "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+             "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token + ' ' }}"
+             "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_no_system(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_gguf(tmp_path_factory.mktemp("gguf-nosys"), NO_SYSTEM)

@@ -150,6 +150,18 @@ def test_tiny_local_gguf_with_grammar_always_parses(tmp_path, tiny_gguf):
     assert stats["rejected"].get("unparseable", 0) >= 2, stats
 
 
+def test_chat_template_without_system_role_gets_it_folded_in(tmp_path, tiny_gguf_no_system):
+    from training.datagen.backends import merge_system
+
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]
+    assert merge_system(msgs) == [{"role": "user", "content": "S\n\nU"}, {"role": "assistant", "content": "A"}]
+    make_coco(tmp_path, tags=("good",))
+    assert main(_args(tmp_path, tmp_path / "m.json", "--backend", "llama", "--model", tiny_gguf_no_system,
+                      "--shots", "1", "--n-ctx", "2048", "--max-line-chars", "30")) == 0
+    stats = json.loads((tmp_path / "m.stats.json").read_text())
+    assert stats["planned"] == 3 and stats["accepted"] + sum(stats["rejected"].values()) == 3
+
+
 def test_prompt_longer_than_the_context_is_a_user_error(tmp_path, tiny_gguf, capsys):
     make_coco(tmp_path, tags=("good",))
     assert main(_args(tmp_path, tmp_path / "c.json", "--backend", "llama", "--model", tiny_gguf, "--n-ctx", "256")) == 1

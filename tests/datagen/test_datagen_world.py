@@ -136,6 +136,15 @@ LIES = {  # qtype → a function turning the teacher's true sentence into a fals
 }
 
 
+def test_checker_reads_negations_and_accepts_true_free_text():
+    for text in ("There is not a green triangle.", "The picture has no green triangles.",
+                 "A large red circle sits in the top left corner, and there are two blue squares.",
+                 "The red circle is to the left of the large square."):
+        r = check_text(TWO, text)
+        assert r.ok and r.n_claims >= 1, (text, r)
+    assert not check_text(TWO, "There is not a red circle.").ok
+
+
 def test_checker_catches_mutated_teacher_answers():
     caught = total = 0
     for i in range(300):

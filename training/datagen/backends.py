@@ -56,6 +56,19 @@ def _gbnf(rtype: str, line_chars: int) -> str:
 GRAMMARS = {rtype: _gbnf(rtype, 300) for rtype in RTYPES}
 
 
+def _template_refusal(e: Exception) -> bool:
+    """An error from rendering the chat template: jinja2's own, or `raise_exception` (a ValueError)."""
+    if type(e).__module__.split(".")[0] == "jinja2":
+        return True
+    return isinstance(e, ValueError) and "exceed context window" not in str(e)
+
+
+def merge_system(messages: list[dict]) -> list[dict]:
+    """The system message folded into the first user message, for chat templates without a system role."""
+    system, first, *rest = messages
+    return [{"role": "user", "content": system["content"] + "\n\n" + first["content"]}, *rest]
+
+
 @functools.lru_cache(maxsize=256)
 def record_scene(record: ImageRecord) -> Scene | None:
     """The synthetic-world scene a record describes (None for other data); cached: the teacher and the
@@ -157,15 +170,33 @@ class LlamaCppBackend:
         self._lock = threading.Lock()
 
     def complete(self, request: Request) -> str:
+        messages = list(request.messages)
         with self._lock:
             try:
-                out = self.llm.create_chat_completion(
-                    messages=list(request.messages), temperature=self.temperature, max_tokens=self.max_tokens,
-                    seed=request.seed, grammar=self.grammars.get(request.rtype),
-                )
-            except ValueError as e:  # "Requested tokens (N) exceed context window of M"
-                raise DatagenError(f"{e}; raise --n-ctx or use fewer --shots") from None
+                out = self._chat(messages, request)
+            except Exception as e:
+                if not _template_refusal(e) or messages[0]["role"] != "system":
+                    raise self._user_error(e) from None
+                # Some chat templates (Mistral-Instruct, Gemma) raise on a system role: fold it into the user turn.
+                try:
+                    out = self._chat(merge_system(messages), request)
+                except Exception as e2:
+                    raise self._user_error(e2) from None
         return out["choices"][0]["message"]["content"] or ""
+
+    @staticmethod
+    def _user_error(e: Exception) -> Exception:
+        if isinstance(e, ValueError) and "exceed context window" in str(e):
+            return DatagenError(f"{e}; raise --n-ctx or use fewer --shots")
+        if _template_refusal(e):
+            return DatagenError(f"the model's chat template cannot render our prompt ({e}); use another GGUF")
+        return e
+
+    def _chat(self, messages: list[dict], request: Request) -> dict:
+        return self.llm.create_chat_completion(
+            messages=messages, temperature=self.temperature, max_tokens=self.max_tokens,
+            seed=request.seed, grammar=self.grammars.get(request.rtype),
+        )
 
     def close(self) -> None:
         self.llm.close()

@@ -123,7 +123,11 @@ def _sentence_claims(scene: Scene, s: str, errors: list[str]) -> int:
             errors.append(f"'{m.group(0)}' but {got} are {m.group('col')}")
     for m in _PATTERNS["exists"].finditer(s):
         n += 1
-        if m.group("apl") is None and not _find(scene, m, "a"):
+        if re.search(r"\b(not|n't|never|without)\s+(?:\w+\s+)?$", s[: m.start()]):
+            # "there is not a red circle", "without a square": claims absence
+            if _find(scene, m, "a"):
+                errors.append(f"'{m.group(0)}' denied but present")
+        elif m.group("apl") is None and not _find(scene, m, "a"):
             errors.append(f"'{m.group(0)}' is not in the scene")
     for m in _PATTERNS["the"].finditer(s):
         f = _filter(m, "a")
