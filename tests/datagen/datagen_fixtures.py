@@ -1,4 +1,7 @@
-"""Fixtures for the data pipeline: a tiny COCO dataset, a scripted OpenAI-compatible server, a tiny GGUF.
+"""Helpers for the data-pipeline tests: a tiny COCO dataset, a scripted OpenAI-compatible server, a tiny GGUF.
+
+(A uniquely named module, not `conftest`: several test folders have a conftest.py, so `from conftest import`
+would pick whichever pytest loaded last. `tests/datagen/conftest.py` re-exports the fixtures.)
 
 - `coco_dir`: six 32 px images with COCO captions + instances files. Each image's first caption starts
   with a behaviour tag ("good:", "malformed:", "flaky429:", ...) that the scripted server acts on.

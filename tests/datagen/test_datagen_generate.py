@@ -10,7 +10,7 @@ import sys
 import time
 from collections import Counter
 
-from conftest import REPO, TAGS, ScriptedServer, make_coco
+from datagen_fixtures import REPO, TAGS, ScriptedServer, make_coco
 
 from llava_local.cli import main
 

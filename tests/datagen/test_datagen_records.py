@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_coco
+from datagen_fixtures import make_coco
 
 from llava_local.cli import main
 from training.datagen.pretrain import make_pretrain
@@ -88,7 +88,7 @@ def test_data_pipeline_needs_no_torch():
     import subprocess
     import sys
 
-    from conftest import REPO
+    from datagen_fixtures import REPO
 
     code = ("import sys, training.datagen.cli, training.datagen.pipeline, training.datagen.synth, "
             "training.datagen.bench, training.datagen.backends; from llava_local.cli import build_parser; "
