@@ -205,9 +205,9 @@ def _gate_pixels(ckpt: Any) -> Any:
 
     from llava_local.preprocess import preprocess
 
-    from .verify import test_images
+    from .verify import sample_images
 
-    return np.concatenate([preprocess(img, ckpt.preprocess) for img in test_images(3)])
+    return np.concatenate([preprocess(img, ckpt.preprocess) for img in sample_images(3)])
 
 
 def _manifest(opts: ConvertOptions, ckpt: Any, target: Path, tmp: Path, vision_files: dict[str, str],

@@ -310,11 +310,13 @@ def _load_original(src: Path, vision_tower: str | Path | None) -> Checkpoint:
         raise ConversionError(f"{src}: im_start/im_end tokens and non-flat patch merging (LLaVA-1.6) are not supported")
     size = int(vision_config.image_size)
     mode = "pad" if cfg.get("image_aspect_ratio") == "pad" else "crop"
+    clip_pp = _read_json(tower / "preprocessor_config.json") if (tower / "preprocessor_config.json").is_file() else {}
+    mean, std = tuple(clip_pp.get("image_mean", CLIP_MEAN)), tuple(clip_pp.get("image_std", CLIP_STD))
     return Checkpoint(
         layout="original", source=src, vision_config=vision_config, vision_state=vision_state,
         projector_type=_projector_type(parts["projector"], cfg.get("mm_projector_type", "linear"), src),
         projector_state=parts["projector"], text_config=text_config, llm_state=parts["llm"], tokenizer_dir=src,
-        preprocess=PreprocessConfig(mode=mode, size=size), template="vicuna_v1",
+        preprocess=PreprocessConfig(mode=mode, size=size, mean=mean, std=std), template="vicuna_v1",
         feature_layer=int(cfg.get("mm_vision_select_layer", -2)), drop_cls=select == "patch",
         context_length=int(cfg.get("tokenizer_model_max_length") or _context_length(text_config)),
         vision_source=tower, skipped=skipped,

@@ -51,7 +51,7 @@ TEXT_PROMPTS = (
 )
 
 
-def test_images(n: int = 3, seed: int = 0) -> list[Any]:
+def sample_images(n: int = 3, seed: int = 0) -> list[Any]:
     """Deterministic PIL images: noise (wide), a gradient (tall), and shapes on a square canvas."""
     from PIL import Image, ImageDraw
 
@@ -101,7 +101,7 @@ def verify(
     say = progress or (lambda msg: None)
     report: dict[str, Any] = {"verified": True, "gates": {k: v for k, v in gates.__dict__.items()},
                               "n_images": n_images, "n_tokens": n_tokens, "vision": {}, "llm": {}}
-    pixels = np.concatenate([preprocess(img, ckpt.preprocess) for img in test_images(n_images)])  # (B,3,S,S)
+    pixels = np.concatenate([preprocess(img, ckpt.preprocess) for img in sample_images(n_images)])  # (B,3,S,S)
     clip, proj = build_clip(ckpt), build_projector(ckpt)
     ref = reference_features(clip, proj, torch.from_numpy(pixels), ckpt.feature_layer, ckpt.drop_cls).numpy()
     onnx_out: dict[str, np.ndarray] = {}
