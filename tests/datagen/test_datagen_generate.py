@@ -124,6 +124,15 @@ def test_user_mistakes_are_one_line_errors(coco_dir, capsys):
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
 
 
+def test_progress_goes_to_stderr(tmp_path, capsys):
+    make_coco(tmp_path, tags=("good", "malformed"))
+    with ScriptedServer() as s:
+        argv = [a for a in _args(tmp_path, tmp_path / "o.json") if a != "--quiet"]
+        assert main([*argv, "--backend", "openai", "--base-url", s.url, "--model", "m"]) == 0
+    cap = capsys.readouterr()
+    assert "generate 6/6 | ok 3 | rejected 3 (" in cap.err and "ETA" in cap.err and "generate" not in cap.out
+
+
 def test_missing_images_are_dropped_and_reported(tmp_path, capsys):
     make_coco(tmp_path, tags=("good", "malformed", "flaky429"), missing=("malformed",))
     with ScriptedServer() as s:

@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from . import teacher
 from .prompts import RTYPES
@@ -41,6 +42,16 @@ class Request:
     record: ImageRecord
     messages: tuple[dict, ...]
     seed: int
+
+
+class Backend(Protocol):
+    """What the pipeline needs from a backend (see the module docstring for the failure contract)."""
+
+    name: str
+
+    def complete(self, request: Request) -> str: ...
+
+    def close(self) -> None: ...
 
 
 def _gbnf(rtype: str, line_chars: int) -> str:

@@ -19,10 +19,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llava_local.errors import UsageError
 
 from .records import DatagenError
+
+if TYPE_CHECKING:
+    from .backends import Backend
+    from .records import ImageRecord
 
 BACKENDS = ("llama", "openai", "teacher")
 
@@ -90,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
-def _records(args: argparse.Namespace, check: bool):
+def _records(args: argparse.Namespace, check: bool) -> tuple[list[ImageRecord], list[str]]:
     from .records import check_images, load_records
 
     records = load_records(args.input, args.image_root)
@@ -108,7 +113,7 @@ def _records(args: argparse.Namespace, check: bool):
     return records, missing
 
 
-def _backend(args: argparse.Namespace):
+def _backend(args: argparse.Namespace) -> Backend:
     from .backends import LlamaCppBackend, OpenAIBackend, TeacherBackend
     from .retry import RateLimiter, RetryPolicy
 

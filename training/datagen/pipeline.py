@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .backends import Request, record_scene
+from .backends import Backend, Request, record_scene
 from .checker import check_turns
 from .journal import Journal
 from .parse import Rejected, dedup_key, make_sample, parse_response
@@ -92,7 +92,7 @@ def plan_jobs(records: list[ImageRecord], settings: Settings) -> list[Job]:
     return jobs
 
 
-def _execute(job: Job, backend, settings: Settings) -> dict:
+def _execute(job: Job, backend: Backend, settings: Settings) -> dict:
     """Run one job to a journal entry (sample or reject). GaveUp and DatagenError propagate."""
     messages = tuple(build_messages(job.rtype, symbolic_context(job.record), settings.shots))
     text = backend.complete(Request(job.rtype, job.record, messages, job.seed))
@@ -115,7 +115,7 @@ def _outcome(entry: dict) -> str:
 _WORKER: tuple = ()  # (backend, settings) in a process-pool worker
 
 
-def _init_worker(backend, settings: Settings) -> None:
+def _init_worker(backend: Backend, settings: Settings) -> None:
     global _WORKER
     _WORKER = (backend, settings)
 
@@ -128,7 +128,7 @@ def _execute_in_worker(job: Job) -> dict | None:
         return None
 
 
-def _execute_processes(pending: list[Job], backend, settings: Settings, journal: Journal, progress: Progress,
+def _execute_processes(pending: list[Job], backend: Backend, settings: Settings, journal: Journal, progress: Progress,
                        workers: int, batch: int) -> int:
     """CPU-bound backends (the teacher): jobs in worker processes, results committed here in plan order."""
     failed, buf = 0, []
@@ -149,7 +149,7 @@ def _execute_processes(pending: list[Job], backend, settings: Settings, journal:
     return failed
 
 
-def execute_jobs(jobs: list[Job], backend, settings: Settings, journal: Journal, progress: Progress,
+def execute_jobs(jobs: list[Job], backend: Backend, settings: Settings, journal: Journal, progress: Progress,
                  workers: int = 1, batch: int = 1) -> int:
     """Run the jobs not in the journal; returns how many failed after retries (left for the next run).
 
@@ -242,7 +242,7 @@ def sidecar(out: Path, what: str) -> Path:
     return out.with_name(f"{out.stem}.{what}")
 
 
-def run(records: list[ImageRecord], backend, settings: Settings, out: Path, *, workers: int = 1,
+def run(records: list[ImageRecord], backend: Backend, settings: Settings, out: Path, *, workers: int = 1,
         restart: bool = False, progress: bool = True, split: bool = False, batch: int = 1,
         extra_stats: dict | None = None) -> dict:
     """Generate, journal and write `out` (+ `<stem>.stats.json`, and per-type files with `split`)."""
