@@ -1,7 +1,9 @@
 """Decode speed on one GGUF: our engine vs a raw llama.cpp loop vs transformers eager.
 
 Contract: each function returns a dict with `tokens_per_second` (generated tokens after the first, divided by the
-time they took: prefill excluded) and the sizes it ran with. All three start from a prompt of the same length
+wall time they took: prefill excluded), `tokens_per_cpu_second` (the same over the process's CPU time: with one
+thread it is the speed the machine would give with nobody else on it, so it is what compares fairly on a busy
+shared machine) and the sizes it ran with. All three start from a prompt of the same length
 (`n_prompt` positions: the engine's real prompt with one image; the raw loop and transformers get that many
 token ids) and generate `n_gen` greedy tokens, so the KV cache length matches.
 - `engine_decode`: `llava_local.ChatSession.ask` with an image (TextChunk timestamps; EOS can end it early).
@@ -29,18 +31,22 @@ def engine_decode(bundle: Path, quant: str, image: Path, n_gen: int, threads: in
         for ev in s.ask("Describe the image in detail.", images=[image]):
             if isinstance(ev, PromptProcessed):
                 prefill = time.perf_counter() - t0
+                w0, c0 = time.perf_counter(), time.process_time()
             elif isinstance(ev, Finished):
+                w1, c1 = time.perf_counter(), time.process_time()
                 fin = ev
-        # Finished.tokens_per_second = n / (time from the end of prefill to the last sample): n samples but only
-        # n - 1 decodes, so count n - 1 tokens over that time, like the raw loop (which starts its clock after
-        # the first sample) - if anything this favours the raw loop.
+        # From the prefill event to the Finished event: n samples and n - 1 decodes (plus the stream and the
+        # bookkeeping); counted as n - 1 tokens like the raw loop, whose clock starts after its first sample.
         n = fin.n_generated
-        tps = (n - 1) / (n / fin.tokens_per_second) if n > 1 else 0.0
-        return {"tokens_per_second": tps, "n_generated": n, "n_prompt": fin.n_prompt_tokens,
-                "prefill_seconds": prefill, "stop_reason": fin.stop_reason}
+        tps = (n - 1) / (w1 - w0) if n > 1 else 0.0
+        cps = (n - 1) / (c1 - c0) if n > 1 else 0.0
+        return {"tokens_per_second": tps, "tokens_per_cpu_second": cps, "n_generated": n,
+                "n_prompt": fin.n_prompt_tokens, "n_ctx": m.engine.n_ctx, "prefill_seconds": prefill,
+                "stop_reason": fin.stop_reason}
 
 
-def raw_decode(gguf: Path, n_prompt: int, n_gen: int, threads: int, extra_buffers: bool) -> dict[str, Any]:
+def raw_decode(gguf: Path, n_prompt: int, n_gen: int, threads: int, extra_buffers: bool, n_ctx: int | None = None,
+               ) -> dict[str, Any]:
     import llama_cpp
 
     from llava_local import llamalog
@@ -52,7 +58,7 @@ def raw_decode(gguf: Path, n_prompt: int, n_gen: int, threads: int, extra_buffer
     mp.use_extra_bufts = extra_buffers
     model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), mp)
     cp = llama_cpp.llama_context_default_params()
-    cp.n_ctx = n_prompt + n_gen + 16
+    cp.n_ctx = n_ctx or n_prompt + n_gen + 16  # the engine's context size, for a like-for-like KV cache
     cp.n_batch = cp.n_ubatch = 512
     cp.n_threads = cp.n_threads_batch = threads
     cp.no_perf = True
@@ -68,19 +74,21 @@ def raw_decode(gguf: Path, n_prompt: int, n_gen: int, threads: int, extra_buffer
             assert llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(chunk))) == 0
         one = (llama_cpp.llama_token * 1)()
         tok = llama_cpp.llama_sampler_sample(smpl, ctx, -1)
-        t_first = time.perf_counter()
+        t_first, c_first = time.perf_counter(), time.process_time()
         n = 1
         while n < n_gen and not llama_cpp.llama_vocab_is_eog(vocab, tok):
             one[0] = tok
             assert llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(one, 1)) == 0
             tok = llama_cpp.llama_sampler_sample(smpl, ctx, -1)
             n += 1
-        dt = time.perf_counter() - t_first
+        dt, dc = time.perf_counter() - t_first, time.process_time() - c_first
     finally:
         llama_cpp.llama_sampler_free(smpl)
         llama_cpp.llama_free(ctx)
         llama_cpp.llama_model_free(model)
-    return {"tokens_per_second": (n - 1) / dt if n > 1 else 0.0, "n_generated": n, "n_prompt": n_prompt}
+    return {"tokens_per_second": (n - 1) / dt if n > 1 else 0.0,
+            "tokens_per_cpu_second": (n - 1) / dc if n > 1 else 0.0, "n_generated": n, "n_prompt": n_prompt,
+            "n_ctx": int(cp.n_ctx)}
 
 
 def hf_decode(checkpoint: Path, n_prompt: int, n_gen: int, threads: int) -> dict[str, Any]:
@@ -95,9 +103,10 @@ def hf_decode(checkpoint: Path, n_prompt: int, n_gen: int, threads: int) -> dict
     with torch.inference_mode():
         out = model(input_ids=ids, use_cache=True)
         past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n_gen - 1):
             out = model(input_ids=tok, past_key_values=past, use_cache=True)
             past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-        dt = time.perf_counter() - t0
-    return {"tokens_per_second": (n_gen - 1) / dt, "n_generated": n_gen, "n_prompt": n_prompt, "dtype": "float32"}
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+    return {"tokens_per_second": (n_gen - 1) / dt, "tokens_per_cpu_second": (n_gen - 1) / dc, "n_generated": n_gen,
+            "n_prompt": n_prompt, "dtype": "float32"}

@@ -1,7 +1,8 @@
 """Image encode time: ONNX Runtime (fp32, int8) vs torch eager, same weights, one 336 px image per call.
 
 Contract: `onnx_encode(path, spec, pixels, repeats, threads)` and `torch_encode(checkpoint, pixels, repeats,
-threads)` return {"seconds": median over `repeats` timed runs after one warm-up run, "runs": [...]}.
+threads)` return {"seconds": median wall time over `repeats` timed runs after one warm-up run, "best": the
+fastest, "cpu_seconds": the least process CPU time (with one thread: the time on an otherwise idle machine)}.
 The torch side is the converter's `torch_ref.VisionEncoder` (the exact module the ONNX graph was exported from).
 """
 
@@ -17,12 +18,14 @@ import numpy as np
 
 def _time(fn, repeats: int) -> dict[str, Any]:
     fn()  # warm-up: allocations, kernel selection
-    runs = []
+    runs, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         runs.append(time.perf_counter() - t)
-    return {"seconds": statistics.median(runs), "runs": runs}
+        cpu.append(time.process_time() - c)
+    return {"seconds": statistics.median(runs), "runs": runs, "best": min(runs), "cpu_seconds": min(cpu),
+            "cpu_runs": cpu}
 
 
 def onnx_encode(path: Path, spec, pixels: np.ndarray, repeats: int, threads: int) -> dict[str, Any]:
