@@ -175,13 +175,17 @@ def convert(opts: ConvertOptions, *, show_progress: bool = True, step_hook: Call
                 llm_files[quant] = llm_file(quant)
         report: dict[str, Any] = {"verified": False}
         failures: list[str] = []
+        entries: dict[str, dict[str, Any]] = {}
         if opts.verify:
             hook("verify")
             with progress.step("verify against torch"):
                 # The base GGUF is verified too (it is what the quants came from), reported even if not shipped.
                 files = {base: llm_file(base), **llm_files}
+                # A provisional manifest lets the runtime open the work dir like a finished bundle.
+                write_manifest(tmp, _manifest(opts, ckpt, target, tmp, vision_files, files, {}, entries))
+                gated = tuple(q for q in files if q in verify.Gates().answer_quants)
                 report = verify.verify(ckpt, tmp, vision_files, files, n_tokens=opts.n_tokens,
-                                       progress=progress.note)
+                                       progress=progress.note, runtime_quants=gated)
                 failures = verify.failures(report)
             if failures:
                 raise ConversionError("parity check failed: " + "; ".join(failures)
@@ -191,7 +195,7 @@ def convert(opts: ConvertOptions, *, show_progress: bool = True, step_hook: Call
         report.update(parity)
         hook("manifest")
         with progress.step("manifest.json (sha256 of every file)"):
-            manifest = _manifest(opts, ckpt, target, tmp, vision_files, llm_files, report)
+            manifest = _manifest(opts, ckpt, target, tmp, vision_files, llm_files, report, entries)
             write_manifest(tmp, manifest)
         _publish(tmp, target)
     except BaseException:
@@ -211,10 +215,11 @@ def _gate_pixels(ckpt: Any) -> Any:
 
 
 def _manifest(opts: ConvertOptions, ckpt: Any, target: Path, tmp: Path, vision_files: dict[str, str],
-              llm_files: dict[str, str], report: dict[str, Any]) -> Manifest:
+              llm_files: dict[str, str], report: dict[str, Any], entries: dict[str, dict[str, Any]]) -> Manifest:
+    """The manifest; `entries` caches sha256/size per file name (a multi-GB GGUF is hashed once)."""
     template = get_template(ckpt.template)
     vision_default = next((d for d in opts.vision_dtypes if d in vision_files), "fp32")
-    llm_default = next(q for q in opts.quants if q in llm_files)
+    llm_default = next((q for q in opts.quants if q in llm_files), next(iter(llm_files)))
     names = [*vision_files.values(), *llm_files.values()]
     provenance = {
         "source": str(Path(opts.src).expanduser().resolve()),
@@ -237,7 +242,7 @@ def _manifest(opts: ConvertOptions, ckpt: Any, target: Path, tmp: Path, vision_f
         llm=LLMSpec(files=llm_files, default=llm_default, context_length=int(ckpt.context_length)),
         template=ckpt.template,
         stop_strings=template.stop_strings,
-        files={n: file_entry(tmp / n) for n in names},
+        files={n: entries[n] if n in entries else entries.setdefault(n, file_entry(tmp / n)) for n in names},
         provenance=provenance,
         parity=report,
     )

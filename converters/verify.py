@@ -13,6 +13,9 @@ Contract: `verify(ckpt, work_dir, vision_files, llm_files, ...) -> dict` (the ma
 - answer: the greedy continuation of image + prompt, `n_tokens` long with EOS suppressed on both sides
   (transformers `generate(min_new_tokens=n)`; EOS logit masked in llama.cpp). The bundle side takes its image
   rows from the fp32 ONNX graph, never from torch.
+- runtime: with `runtime_quants`, the work dir (which then holds a provisional manifest) is opened with the
+  runtime's public API (`open_model`, `ChatSession`, temperature 0) and its answer text, which stops at EOS,
+  is compared with transformers' greedy `generate` on the same PNG bytes and prompt.
 `failures(report)` lists what breaks the gates: fp32/fp16 vision, tokenizer ids, and f32/f16 GGUF logits and
 answers. Quantized GGUFs and int8 vision are measured and reported, not gated here (int8 has its own gate).
 """
@@ -91,6 +94,7 @@ def verify(
     n_images: int = 3,
     gates: Gates = Gates(),
     progress: Any = None,
+    runtime_quants: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Measure every file of the bundle being built in `work_dir`; returns the parity report."""
     import torch
@@ -165,7 +169,47 @@ def verify(
                                 "max_abs_logit": max_abs, "answer": answer, "answer_match_tokens": match}
         say(f"llm {quant}: top-1 {np.mean(agree):.3f}, max|Δlogit| {max_abs:.3g}, answer {match}/{n_tokens} "
             f"tokens equal, prompt ids {'equal' if ids_equal else 'DIFFER'}")
+    if runtime_quants:
+        _runtime_answers(report, work_dir, runtime_quants, llm, tok, emb, clip, proj, ckpt, say)
     return report
+
+
+def _runtime_answers(report: dict[str, Any], bundle: Path, quants: list[str], llm: Any, tok: Any, emb: Any,
+                     clip: Any, proj: Any, ckpt: Checkpoint, say: Any, max_tokens: int = 12) -> None:
+    """The bundle through the runtime's public API (`open_model`, `ChatSession`, greedy, stops at EOS) vs
+    transformers `generate` on the same image bytes and prompt; text compared after decoding."""
+    import io
+
+    import torch
+
+    from llava_local import ChatSession, GenerationConfig, RuntimeConfig, open_model
+    from llava_local.events import TextChunk
+
+    from .torch_ref import reference_features
+
+    buf = io.BytesIO()
+    sample_images(3)[2].save(buf, format="PNG")
+    png = buf.getvalue()
+    pixels = torch.from_numpy(preprocess(png, ckpt.preprocess))
+    feats = reference_features(clip, proj, pixels, ckpt.feature_layer, ckpt.drop_cls)
+    chunks = _prompt_chunks(ckpt.template, IMAGE_PROMPT)
+    ids = [_hf_ids(tok, c, i == 0) for i, c in enumerate(chunks)]
+    with torch.no_grad():
+        embeds = torch.cat([emb(torch.tensor([ids[0]])), feats, emb(torch.tensor([ids[1]]))], 1)
+        gen = llm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                           max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.eos_token_id,
+                           eos_token_id=tok.eos_token_id)
+    want = tok.decode(gen[0], skip_special_tokens=True).strip()
+    report["torch_text"] = want
+    for quant in quants:
+        cfg = RuntimeConfig(device="cpu", quant=quant, vision_dtype="fp32", embedding_cache=False)
+        with open_model(str(bundle), cfg) as model:
+            session = ChatSession(model, generation=GenerationConfig(temperature=0, max_tokens=max_tokens))
+            got = "".join(e.text for e in session.ask(IMAGE_PROMPT, images=[png]) if isinstance(e, TextChunk))
+        report["llm"][quant]["runtime_text"] = got.strip()
+        report["llm"][quant]["runtime_answer_equal"] = got.strip() == want
+        say(f"runtime {quant}: answer {'equals' if got.strip() == want else 'DIFFERS from'} transformers' "
+            f"({len(want)} chars)")
 
 
 def _clear(run: LlamaRunner) -> None:
@@ -194,4 +238,6 @@ def failures(report: dict[str, Any], gates: Gates = Gates()) -> list[str]:
                 out.append(f"llm {quant}: top-1 agreement {r['top1_agreement']:.3f} < {gates.llm_top1}")
             if r["answer_match_tokens"] < report["n_tokens"]:
                 out.append(f"llm {quant}: greedy answer diverges from torch at token {r['answer_match_tokens']}")
+            if r.get("runtime_answer_equal") is False:
+                out.append(f"llm {quant}: the runtime's answer differs from transformers'")
     return out

@@ -34,6 +34,9 @@ def test_tiny_bundle_manifest_and_parity(tiny_bundle):
         # greedy continuation of image + prompt (EOS suppressed), image rows from the ONNX graph
         assert r["answer"] == p["torch_answer"], quant
     assert p["llm"]["f16"]["top1_agreement"] >= 0.98
+    # the runtime's own path (open_model + ChatSession, stops at EOS) was checked during the conversion
+    assert p["llm"]["f16"]["runtime_answer_equal"] and p["llm"]["f16"]["runtime_text"] == p["torch_text"] != ""
+    assert "runtime_text" not in p["llm"]["q8_0"]
 
 
 def test_runtime_answers_like_transformers(tiny_bundle, tiny_hf_checkpoint, tiny_image):
