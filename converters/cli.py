@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.name:
             raise UsageError("give the bundle a place: -o DIR, or --name NAME to write it into the models dir")
         out = models_dir() / args.name
+    _require()
     _quiet_libraries()
     opts = ConvertOptions(
         src=args.src, out=out, quants=tuple(args.quant or ("q4_k_m",)),
@@ -52,6 +53,19 @@ def run(args: argparse.Namespace) -> int:
     result = convert(opts, show_progress=not args.quiet)
     print(result.bundle)
     return 0
+
+
+def _require() -> None:
+    """One line instead of a traceback when the [convert] extra is not installed."""
+    import importlib.util
+
+    from llava_local.errors import ConversionError
+
+    needed = ("torch", "transformers", "onnx", "onnxscript", "gguf", "sentencepiece", "safetensors", "llama_cpp",
+              "onnxruntime")
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConversionError(f"convert needs {', '.join(missing)}: pip install 'llava-local[convert]'")
 
 
 def _quiet_libraries() -> None:

@@ -178,3 +178,12 @@ def test_options_validate_names():
     with pytest.raises(ConversionError, match="q4_k_m"):
         ConvertOptions(src=Path("x"), out=Path("y"), quants=("q9",))
     assert bundle_mod.llm_file("q8_0") == "llm-q8_0.gguf"
+
+
+def test_missing_extra_is_one_line(tiny_hf_checkpoint, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    assert main(["convert", str(tiny_hf_checkpoint), "-o", str(tmp_path / "b")]) == 1
+    assert capsys.readouterr().err == "llava-local: error: convert needs gguf: pip install 'llava-local[convert]'\n"
