@@ -177,14 +177,19 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool) -> Path:
     optimizer = _optimizer(model, cfg)
     warmup = math.ceil(cfg.optim.warmup_ratio * su.total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(su.total_steps, warmup))
-    start = 0
+    start, resumed_truncated = 0, 0
     found = ckpt.latest(ckpt_root)
     if resume:
         if found is None:
             raise UsageError(f"--resume: no complete checkpoint in {ckpt_root}; start without --resume")
         extra = ckpt.load(found, model, optimizer, dist)
+        saved_global = extra["accum"] * extra["micro_batch_size"] * dist.world
+        if saved_global != cfg.optim.global_batch_size:
+            raise UsageError(f"checkpoint {found.name} used optim.global_batch_size={saved_global}; resume with the "
+                             "same global batch size (micro_batch_size may change)")
         scheduler.load_state_dict(extra["scheduler"])
         start = extra["step"]
+        resumed_truncated = int(extra.get("truncated", 0))
     elif found is not None:
         raise UsageError(f"{out_dir} already has checkpoints; pass --resume to continue, or set train.out_dir")
     if dist.is_main:
@@ -197,11 +202,11 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool) -> Path:
     autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16 and not dist.enabled)
 
     def save(step: int) -> None:
-        extra = {"step": step, "scheduler": scheduler.state_dict(), "accum": su.accum,
+        extra = {"step": step, "scheduler": scheduler.state_dict(), "accum": su.accum, "truncated": truncated,
                  "micro_batch_size": cfg.optim.micro_batch_size}
         ckpt.save(ckpt_root, step, model, optimizer, extra, dist, keep=cfg.train.keep_checkpoints)
 
-    step, stopped = start, None
+    step, stopped, truncated = start, None, resumed_truncated
     with _StopFlag() as stop:
         for step, batches in su.step_batches(start):
             t0 = time.perf_counter()
@@ -211,6 +216,7 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool) -> Path:
             trunc = torch.tensor(float(sum(b["truncated"] for b in batches)))
             counts = all_reduce_sum(torch.stack([n_label, n_tok, trunc]).to(dev), dist)
             denom = max(float(counts[0]), 1.0)
+            truncated += int(counts[2])
             loss_sum = torch.zeros((), device=dev)
             for a, b in enumerate(batches):
                 if dist.enabled:
@@ -248,7 +254,10 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool) -> Path:
         if stopped:
             raise SystemExit(128 + stopped)
         return out_dir
-    _export(su, out_dir, bf16)
+    if truncated and dist.is_main:
+        print(f"{truncated} sample(s) of this run were longer than data.context_length="
+              f"{cfg.data.context_length} and were truncated (see 'truncated' in metrics.jsonl)", file=sys.stderr)
+    _export(su, out_dir, bf16, truncated)
     return out_dir
 
 
@@ -268,7 +277,7 @@ def _clip(params: list[torch.Tensor], max_norm: float) -> float:
     return float(norm)
 
 
-def _export(su: Setup, out_dir: Path, bf16: bool) -> None:
+def _export(su: Setup, out_dir: Path, bf16: bool, truncated: int) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     model, dist, cfg = su.model, su.dist, su.cfg
@@ -280,7 +289,8 @@ def _export(su: Setup, out_dir: Path, bf16: bool) -> None:
                       "vision_tower": cfg.model.vision_tower, "language_model": cfg.model.language_model,
                       "init_from": cfg.model.init_from, "data": cfg.data.json, "lora": cfg.lora.enabled,
                       "trainable_parameters": sum(c["trainable"] for c in counts.values()),
-                      "world_size": dist.world, "precision": "bf16" if bf16 else "fp32"}
+                      "world_size": dist.world, "precision": "bf16" if bf16 else "fp32",
+                      "truncated_samples": truncated}
         write_output(out_dir, sd, llava_hf_config(model, cfg), cfg, su.tokenizer, su.preprocess, provenance,
                      torch.bfloat16 if bf16 else torch.float32)
         print(f"wrote {out_dir} (convert it with: llava-local convert {out_dir} OUT_BUNDLE)", file=sys.stderr)
