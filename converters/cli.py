@@ -8,6 +8,8 @@ parity raise `ConversionError`, which `llava_local.cli.main` prints as one line 
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from llava_local.manifest import LLM_QUANTS, VISION_DTYPES
@@ -44,13 +46,13 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("give the bundle a place: -o DIR, or --name NAME to write it into the models dir")
         out = models_dir() / args.name
     _require()
-    _quiet_libraries()
     opts = ConvertOptions(
         src=args.src, out=out, quants=tuple(args.quant or ("q4_k_m",)),
         vision_dtypes=tuple(args.vision_dtype or ("fp32",)), vision_tower=args.vision_tower,
         template=args.template, name=args.name, verify=not args.no_verify, force=args.force,
     )
-    result = convert(opts, show_progress=not args.quiet)
+    with quiet_libraries():
+        result = convert(opts, show_progress=not args.quiet)
     print(result.bundle)
     return 0
 
@@ -68,18 +70,34 @@ def _require() -> None:
         raise ConversionError(f"convert needs {', '.join(missing)}: pip install 'llava-local[convert]'")
 
 
-def _quiet_libraries() -> None:
-    """transformers' progress bars and onnxruntime.quantization's advice would drown our progress lines."""
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """transformers' progress bars, onnxruntime.quantization's advice (root logger) and library warnings
+    would drown the progress lines; everything is restored afterwards (tests call `main` in-process)."""
     import logging
     import warnings
 
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    logging.getLogger().setLevel(logging.ERROR)
+    root = logging.getLogger()
+    level = root.level
     try:
         from transformers.utils import logging as tlog
-
-        tlog.set_verbosity_error()
-        tlog.disable_progress_bar()
     except ImportError:
-        pass
+        tlog = None
+    verbosity = tlog.get_verbosity() if tlog else None
+    bars = tlog.is_progress_bar_enabled() if tlog else False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        root.setLevel(logging.ERROR)
+        if tlog:
+            tlog.set_verbosity_error()
+            tlog.disable_progress_bar()
+        try:
+            yield
+        finally:
+            root.setLevel(level)
+            if tlog:
+                tlog.set_verbosity(verbosity)
+                if bars:
+                    tlog.enable_progress_bar()

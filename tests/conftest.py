@@ -46,12 +46,12 @@ def tiny_original_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_hf_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from converters.bundle import ConvertOptions, convert
-    from converters.cli import _quiet_libraries
+    from converters.cli import quiet_libraries
 
-    _quiet_libraries()
     out = tmp_path_factory.mktemp("tiny-bundle") / "tiny"
-    convert(ConvertOptions(src=tiny_hf_checkpoint, out=out, quants=("f16", "q8_0"), vision_dtypes=("fp32",),
-                           name="tiny"), show_progress=False)
+    with quiet_libraries():
+        convert(ConvertOptions(src=tiny_hf_checkpoint, out=out, quants=("f16", "q8_0"), vision_dtypes=("fp32",),
+                               name="tiny"), show_progress=False)
     return out
 
 

@@ -127,9 +127,13 @@ def test_existing_output_is_refused_then_replaced_with_force(tiny_hf_checkpoint,
 def test_default_output_is_the_models_dir(tiny_hf_checkpoint, llava_home, capsys):
     assert main(["convert", str(tiny_hf_checkpoint), "--quant", "f16", "--no-verify", "--quiet"]) == 2
     assert "--name" in capsys.readouterr().err
+    import logging
+
+    level = logging.getLogger().level
     assert main(["convert", str(tiny_hf_checkpoint), "--name", "mine", "--quant", "f16", "--no-verify",
                  "--quiet"]) == 0
     assert load_manifest(llava_home / "models" / "mine").name == "mine"
+    assert logging.getLogger().level == level  # the in-process CLI leaves logging as it found it
 
 
 def test_broken_parity_exits_nonzero(tiny_hf_checkpoint, tmp_path, monkeypatch, capsys):
