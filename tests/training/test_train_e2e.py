@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_fixtures import base_overrides, read_metrics
 
 from llava_local.cli import main
 from training.config import load_config
 from training.model import build_model, load_tokenizer
-
-from .conftest import base_overrides, read_metrics
 
 
 def _initial_state(cfg) -> dict[str, torch.Tensor]:

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from .conftest import base_overrides, read_metrics
+from train_fixtures import base_overrides, read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from llava_local.cli import main
+from train_fixtures import base_overrides, read_metrics
 
-from .conftest import base_overrides, read_metrics
+from llava_local.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
