@@ -205,3 +205,36 @@ def test_sampling_is_seeded_and_regenerate_reseeds(rt_model, rt_images):
     s.generation = gen.with_(seed=6)
     _, c = _ask(ChatSession(rt_model, s.generation), "What is this?", images=[rt_images[0]])
     assert c.text != a.text
+
+
+def _copy_with(rt_bundle, tmp_path, edit=None, gguf_bytes=None):
+    import json
+
+    from llava_local.manifest import file_entry
+
+    b = tmp_path / "b"
+    shutil.copytree(rt_bundle, b)
+    if gguf_bytes is not None:
+        (b / "llm-f32.gguf").write_bytes(gguf_bytes)
+    d = json.loads((b / "manifest.json").read_text())
+    d["files"]["llm-f32.gguf"] = file_entry(b / "llm-f32.gguf")
+    if edit:
+        edit(d)
+    (b / "manifest.json").write_text(json.dumps(d))
+    return b
+
+
+def test_broken_gguf_is_an_error_not_a_crash(rt_bundle, tmp_path):
+    from llava_local.errors import EngineError
+
+    b = _copy_with(rt_bundle, tmp_path, gguf_bytes=b"GGUF" + b"\0" * 4000)
+    with pytest.raises(EngineError, match="could not load llm-f32.gguf"):
+        open_model(b, RuntimeConfig(device="cpu"))
+
+
+def test_vision_and_llm_width_mismatch_is_a_bundle_error(rt_bundle, tmp_path):
+    from llava_local.errors import BundleError
+
+    b = _copy_with(rt_bundle, tmp_path, edit=lambda d: d["vision"].update(embed_dim=32))
+    with pytest.raises(BundleError, match="rows of 32 but the language model takes 64"):
+        open_model(b, RuntimeConfig(device="cpu"))
