@@ -108,16 +108,22 @@ def one_shot(args: argparse.Namespace) -> int:
         session = ChatSession(model, gen, system=args.system)
         stats: dict[str, Any] = {"images": []}
         finished: Finished | None = None
-        for event in session.ask(question, images=args.images):
-            if isinstance(event, TextChunk) and not args.json:
-                sys.stdout.write(event.text)
+        try:
+            for event in session.ask(question, images=args.images):
+                if isinstance(event, TextChunk) and not args.json:
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                elif isinstance(event, ImageEncoded):
+                    stats["images"].append({"id": event.image_id, "cached": event.cached, "seconds": event.seconds})
+                elif isinstance(event, PromptProcessed):
+                    stats["prefill_seconds"] = event.seconds
+                elif isinstance(event, Finished):
+                    finished = event
+        except KeyboardInterrupt:
+            if not args.json:
+                sys.stdout.write("\n")  # end the partial answer's line before the CLI reports the interrupt
                 sys.stdout.flush()
-            elif isinstance(event, ImageEncoded):
-                stats["images"].append({"id": event.image_id, "cached": event.cached, "seconds": event.seconds})
-            elif isinstance(event, PromptProcessed):
-                stats["prefill_seconds"] = event.seconds
-            elif isinstance(event, Finished):
-                finished = event
+            raise
         if finished is None:  # pragma: no cover - the session always finishes
             raise ImageError("no answer was produced")
         if args.json:

@@ -238,3 +238,16 @@ def test_vision_and_llm_width_mismatch_is_a_bundle_error(rt_bundle, tmp_path):
     b = _copy_with(rt_bundle, tmp_path, edit=lambda d: d["vision"].update(embed_dim=32))
     with pytest.raises(BundleError, match="rows of 32 but the language model takes 64"):
         open_model(b, RuntimeConfig(device="cpu"))
+
+
+def test_images_wider_than_n_batch_are_chunked_in_sessions(rt_bundle, rt_images, monkeypatch):
+    """16 image rows with n_batch 5: four decode calls per image; one call would abort the process."""
+    import llava_local.bundle as bundle_mod
+
+    with open_model(rt_bundle, RuntimeConfig(device="cpu")) as m:
+        _, ref = _ask(ChatSession(m, GREEDY), "What is this?", images=[rt_images[0]])
+    monkeypatch.setattr(bundle_mod, "N_BATCH", 5)
+    with open_model(rt_bundle, RuntimeConfig(device="cpu")) as m:
+        assert m.engine.n_batch == 5 and m.manifest.vision.tokens_per_image > 5
+        _, got = _ask(ChatSession(m, GREEDY), "What is this?", images=[rt_images[0]])
+    assert got.text == ref.text
