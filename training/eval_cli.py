@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1000, help="world seed of the held-out scenes (not 0)")
     parser.add_argument("--model", default=None, help="bundle path or name (default: the default model)")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or metal (default cpu: reproducible)")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: llama.cpp's choice)")
     parser.add_argument("--torch", dest="torch_ckpt", default=None, metavar="CKPT",
                         help="also evaluate this layout-c checkpoint with transformers, for comparison")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.json and sys.stderr.isatty():
             print(f"\r{done}/{total} questions", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    results = {"bundle": evaluate_bundle(args.model, args.n, args.seed, device=args.device, progress=progress)}
+    results = {"bundle": evaluate_bundle(args.model, args.n, args.seed, device=args.device, threads=args.threads,
+                                         progress=progress)}
     if args.torch_ckpt:
         results["torch"] = evaluate_torch(args.torch_ckpt, args.n, args.seed, progress=progress)
     summaries = {k: r.summary() for k, r in results.items()}

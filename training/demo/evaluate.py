@@ -118,7 +118,7 @@ def score(qa: teacher.QA, prediction: str, scene: Scene) -> bool:
     return _norm(prediction) == _norm(qa.answer)
 
 
-def evaluate_bundle(model: str | Path | None, n: int, seed: int, *, device: str = "cpu",
+def evaluate_bundle(model: str | Path | None, n: int, seed: int, *, device: str = "cpu", threads: int | None = None,
                     progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """Every question in a fresh conversation through `llava_local.ChatSession`, greedy."""
     from llava_local import ChatSession, GenerationConfig, RuntimeConfig, open_model
@@ -127,7 +127,7 @@ def evaluate_bundle(model: str | Path | None, n: int, seed: int, *, device: str 
     items = eval_set(n, seed)
     result = EvalResult()
     t0 = time.time()
-    with open_model(None if model is None else str(model), RuntimeConfig(device=device)) as m:
+    with open_model(None if model is None else str(model), RuntimeConfig(device=device, n_threads=threads)) as m:
         session = ChatSession(m, generation=GenerationConfig(temperature=0.0, max_tokens=64))
         for k, item in enumerate(items):
             session.clear()

@@ -93,7 +93,13 @@ def pretrain_lm(texts: Sequence[str], tokenizer_dir: str | Path, out_dir: str | 
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     vocab = len(tok)  # SentencePiece pieces + <image>
-    docs = [[tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"], tok.eos_token_id] for t in texts]
+    # Tokenize only what the schedule can read (about one pass): steps × batch rows of seq_len tokens.
+    budget, docs, n_tok = cfg.steps * cfg.batch_size * cfg.seq_len, [], 0
+    for t in texts:
+        docs.append([tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"], tok.eos_token_id])
+        n_tok += len(docs[-1])
+        if n_tok >= budget:
+            break
     ids, labels = pack_documents(docs, cfg.seq_len, pad_id=tok.unk_token_id)
     n_rows = ids.shape[0]
 
@@ -134,6 +140,6 @@ def pretrain_lm(texts: Sequence[str], tokenizer_dir: str | Path, out_dir: str | 
         if f.is_file():
             shutil.copy2(f, out / f.name)
     tail = losses[-20:]
-    return {"rows": n_rows, "tokens": int((labels != IGNORE_INDEX).sum()), "steps": cfg.steps,
+    return {"docs": len(docs), "rows": n_rows, "tokens": int((labels != IGNORE_INDEX).sum()), "steps": cfg.steps,
             "final_loss": round(sum(tail) / len(tail), 4), "seconds": round(time.time() - t0, 1),
             "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2), "config": asdict(cfg)}

@@ -1,0 +1,61 @@
+"""The shipped demo bundle: small, self-describing, the default model, and it answers held-out questions.
+
+These run the real runtime (ONNX Runtime + llama.cpp through `llava_local.ChatSession`) on the bundle in
+`models/llava-local-tiny`. The accuracy thresholds sit a few points under what the shipped bundle scores on
+the fixed held-out seed, so a broken bundle, runtime or preprocessing change fails them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from llava_local.manifest import load_manifest, verify_files
+from llava_local.models import resolve_model
+from training.demo.corpus import QTYPES
+from training.demo.evaluate import evaluate_bundle
+
+HELD_OUT_SEED = 4242  # never used for training (the recipe trains on world 0)
+N_SCENES = 30
+MIN_OVERALL = 0.85
+MIN_PER_TYPE = 0.6
+
+
+def test_bundle_is_small_complete_and_records_its_recipe(shipped):
+    m = load_manifest(shipped)
+    verify_files(shipped, m)
+    total = sum(f.stat().st_size for f in shipped.iterdir())
+    assert total <= 25 * 1024 * 1024, f"bundle is {total} bytes"
+    recipe = m.provenance["recipe"]
+    assert recipe["data_seed"] == 0 and recipe["id"].startswith("llava-local-tiny/")
+    assert "training.demo.recipe" in recipe["command"] and recipe["config"]["world_seed"] == 0
+    assert m.llm.default in ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")  # a quantized GGUF, not f16/f32
+
+
+def test_it_is_the_default_model(shipped):
+    assert resolve_model(None) == shipped
+
+
+def test_held_out_accuracy(shipped):
+    result = evaluate_bundle(shipped, N_SCENES, HELD_OUT_SEED, threads=1)
+    per_type = {t: c / n for t, (c, n) in result.per_type().items()}
+    wrong = [(it["type"], it["answer"], it["prediction"]) for it in result.items if not it["correct"]][:10]
+    assert set(per_type) == set(QTYPES)
+    assert result.overall() >= MIN_OVERALL, (result.summary(), wrong)
+    assert min(per_type.values()) >= MIN_PER_TYPE, (result.summary(), wrong)
+
+
+def test_eval_command_prints_json_and_gates_on_accuracy(shipped):
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "llava_local.cli", "eval", "synthetic", "--n", "4", "--seed",
+                               "77", "--threads", "1", *args], capture_output=True, text=True, timeout=300)
+
+    ok = cli("--json")
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["n"] == 4 and report["bundle"]["n_questions"] >= 20 and report["bundle"]["overall"] >= 0.7
+    gate = cli("--min-accuracy", "1.0", "--json")  # fails unless every answer is right
+    assert gate.returncode == (0 if json.loads(gate.stdout)["bundle"]["overall"] == 1.0 else 1)
+    bad = cli("--seed", "0")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "training world" in bad.stderr

@@ -1,0 +1,99 @@
+"""The recipe's own pieces on toy sizes: data the training module accepts, and loadable base models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from training.config import load_config
+from training.demo.recipe import RECIPE_YAML, STAGES, load_recipe
+
+torch = pytest.importorskip("torch")
+
+
+def test_recipe_yaml_and_stage_presets_validate():
+    cfg = load_recipe(RECIPE_YAML)
+    assert cfg.eval_seed != cfg.world_seed and cfg.clip.image_size == cfg.image_size
+    assert cfg.lm.hidden_size % 32 == 0  # q8_0 blocks of 32
+    s1, s2 = load_config(cfg.stage1), load_config(cfg.stage2)
+    assert (s1.stage, s1.model.template, s2.stage, s2.model.template) == (1, "plain", 2, "vicuna_v1")
+    assert STAGES[0] == "data" and STAGES[-1] == "eval"
+
+
+def test_scale_shrinks_a_trial_run():
+    full, small = load_recipe(RECIPE_YAML), load_recipe(RECIPE_YAML, scale=0.1)
+    assert small.scenes < full.scenes and small.lm.steps < full.lm.steps and small.clip.steps < full.clip.steps
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """5 scenes → images + LLaVA JSON, and a SentencePiece tokenizer on their text."""
+    from training.demo.corpus import build_dataset, make_scenes, text_corpus
+    from training.tokenizer import train_sentencepiece
+
+    root = tmp_path_factory.mktemp("toy")
+    scenes = make_scenes(0, 40)
+    info = build_dataset(root / "data", scenes, 32, seed=0)
+    texts = text_corpus(scenes, 0)
+    tok_dir = train_sentencepiece(texts, root / "tok", vocab_size=400)
+    return root, info, texts, tok_dir
+
+
+def test_dataset_is_accepted_by_the_training_module(toy):
+    from llava_local.preprocess import PreprocessConfig
+    from llava_local.templates import get_template
+    from training.dataset import LlavaDataset, load_records
+    from training.model import load_tokenizer
+
+    root, info, _, tok_dir = toy
+    assert info["stage1"] == 40 and info["stage2"] >= 40 and set(info["stage2_kinds"]) >= {"vqa", "conversation"}
+    tok = load_tokenizer(str(tok_dir))
+    for name, template in (("stage1", "plain"), ("stage2", "vicuna_v1")):
+        recs = load_records(root / "data" / f"{name}.json")
+        ds = LlavaDataset(recs, root / "data", tok, get_template(template), PreprocessConfig(size=32), 4, 1024)
+        for i in range(len(ds)):  # raises TemplateError on a tokenization mismatch
+            item = ds[i]
+            assert (item["labels"] != -100).any() and item["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_short_answers_are_canonical(toy):
+    root = toy[0]
+    recs = json.loads((root / "data" / "stage2.json").read_text())
+    answers = {c["value"] for r in recs if "-vqa" in r["id"] for c in r["conversations"][1::2]}
+    assert {"yes", "no"} <= answers and all(a == a.strip() for a in answers)
+
+
+def test_lm_pretrain_writes_a_loadable_llama(toy, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.demo.lm_pretrain import LMConfig, pretrain_lm
+
+    _, _, texts, tok_dir = toy
+    cfg = LMConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=2, seq_len=64,
+                   batch_size=4, steps=3, warmup=1)
+    report = pretrain_lm(texts, tok_dir, tmp_path / "lm", cfg)
+    assert report["steps"] == 3 and report["final_loss"] > 0
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "lm"))
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "lm"))
+    assert model.config.vocab_size == len(tok) and model.config.hidden_size == 64
+
+
+def test_clip_pretrain_writes_a_loadable_vision_tower(toy, tmp_path):
+    import numpy as np
+    from transformers import CLIPVisionModel
+
+    from llava_local.preprocess import PreprocessConfig, load_image, to_pixels
+    from training.demo.clip_pretrain import ClipConfig, pretrain_clip
+
+    root, _, _, tok_dir = toy
+    recs = json.loads((root / "data" / "stage1.json").read_text())
+    pp = PreprocessConfig(size=32)
+    pixels = torch.from_numpy(np.stack([to_pixels(load_image(root / "data" / r["image"]), pp) for r in recs]))
+    cfg = ClipConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                     text_hidden_size=32, projection_dim=16, batch_size=8, steps=2, warmup=1)
+    report = pretrain_clip(pixels, [r["conversations"][1]["value"] for r in recs], tok_dir, tmp_path / "clip", cfg)
+    assert report["steps"] == 2
+    tower = CLIPVisionModel.from_pretrained(str(tmp_path / "clip"))
+    out = tower(pixels[:2], output_hidden_states=True)
+    assert out.hidden_states[-2].shape == (2, 1 + 16, 32)
