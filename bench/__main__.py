@@ -43,7 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for every runtime (default: all cores this process may use)")
     ap.add_argument("--report", type=Path, default=REPO / "docs" / "benchmarks.md")
+    ap.add_argument("--render", action="store_true", help="only re-render the report from the last results.json")
     args = ap.parse_args(argv)
+    if args.render:
+        results_file = args.out / ("quick" if args.quick else "full") / "results.json"
+        args.report.write_text(report.render(json.loads(results_file.read_text()), quick=args.quick))
+        print(f"bench: wrote {args.report} from {results_file}")
+        return 0
     os.environ.setdefault("LLAVA_LOCAL_HOME", str(args.out / "home"))  # keep the user's cache out of it
     sizes = build.QUICK if args.quick else build.BenchSizes()
     out = args.out / ("quick" if args.quick else "full")
