@@ -154,7 +154,7 @@ class Engine:
     # -- text ---------------------------------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
         """Token ids of `text`; special tokens written in the text (`</s>`, `<|im_end|>`) are parsed."""
-        data = text.encode("utf-8")
+        data = text.encode("utf-8", "replace")  # a lone surrogate (from a mis-decoded file) must not raise here
         cap = len(data) + 8
         buf = (ctypes.c_int32 * cap)()
         n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)

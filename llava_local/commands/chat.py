@@ -84,7 +84,10 @@ def _question(args: argparse.Namespace) -> str:
     if args.prompt is not None:
         text = args.prompt
     elif not _isatty(sys.stdin):
-        text = sys.stdin.read()
+        try:
+            text = sys.stdin.read()
+        except UnicodeDecodeError:
+            raise UsageError("the question on stdin is not valid text in the terminal's encoding (use UTF-8)") from None
     else:
         raise UsageError("no question: pass --prompt \"...\" or pipe the question on stdin")
     if not text.strip():

@@ -209,3 +209,12 @@ def test_no_question_when_only_stdout_is_redirected(monkeypatch, capsys, bundle)
     monkeypatch.setattr(sys, "stdin", _Tty(True))
     code, err = _err(capsys, ["chat", "--model", str(bundle)])
     assert code == 2 and "no question" in err
+
+
+def test_undecodable_stdin_is_one_line(bundle, _rt_home):
+    env = {**os.environ, "LLAVA_LOCAL_HOME": str(_rt_home), "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8"}
+    r = subprocess.run([sys.executable, "-m", "llava_local.cli", "chat", "--model", str(bundle)],
+                       input=b"\xff\xfe what?", capture_output=True, env=env, cwd=REPO, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.decode().strip().splitlines() == [
+        "llava-local: error: the question on stdin is not valid text in the terminal's encoding (use UTF-8)"]

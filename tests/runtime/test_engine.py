@@ -148,3 +148,11 @@ def test_stream_flush_returns_held_text():
     assert s.push(b"ok US") == ("ok ", False)
     assert s.flush() == "US"
     assert s.text == "ok US"
+
+
+def test_lone_surrogates_tokenize(gguf):
+    e = Engine(gguf, n_ctx=64, n_threads=1)
+    try:
+        assert e.tokenize("a \udcff b", add_bos=False)
+    finally:
+        e.close()
