@@ -1,11 +1,10 @@
-"""End-to-end tiny training through the CLI: stage 1 freezes all but the projector, stage 2 learns, output
-loads in transformers and agrees with our forward, a killed run resumes on the same loss curve, LoRA merges.
+"""End-to-end tiny training through the CLI: stage 1 freezes all but the projector, stage 2 learns, the output
+loads in transformers and agrees with our forward, resume/restart mistakes are one-line errors, --dry-run.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -93,36 +92,6 @@ def test_output_loads_in_transformers_and_matches_our_loss(stage2_out, tiny_base
                  labels=b["labels"])
     assert float(out.loss) == pytest.approx(float(loss_sum / n), abs=1e-5)
     assert float(out.loss) < 1.0  # trained: the answers are well predicted
-
-
-def _losses(out: Path) -> dict[int, float]:
-    return {s: r["loss"] for s, r in read_metrics(out).items()}
-
-
-def test_killed_run_resumes_on_the_same_loss_curve(tiny_base, tiny_data, stage1_out, tmp_path):
-    # LoRA with dropout: resuming must restore optimizer, scheduler, data position *and* RNG to match.
-    common = [*base_overrides(tiny_base, tiny_data[1], tmp_path / "x"), f"model.init_from={stage1_out}",
-              "optim.epochs=1", "lora.enabled=true", "lora.r=8", "lora.alpha=16", "lora.dropout=0.1",
-              "train.checkpoint_every=2", "optim.lr=5e-3"]
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert main(["train", "tiny-stage2", *common, f"train.out_dir={full}"]) == 0
-    assert main(["train", "tiny-stage2", *common, f"train.out_dir={cut}", "train.stop_after_steps=3"]) == 0
-    assert not (cut / "model.safetensors").exists()
-    # Simulate a kill between checkpoints: lose the checkpoint written at the stop, resume from step 2.
-    shutil.rmtree(cut / "checkpoints" / "step-00000003")
-    assert main(["train", "tiny-stage2", *common, f"train.out_dir={cut}", "--resume"]) == 0
-    a, b = _losses(full), _losses(cut)
-    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
-    for s in a:
-        assert abs(a[s] - b[s]) <= 1e-6, (s, a[s], b[s])
-    wa, wb = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
-    assert not any("lora" in k or "base_layer" in k for k in wa), "adapters must be merged"
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
-    base = load_file(str(stage1_out / "model.safetensors"))
-    q = "language_model.model.layers.0.self_attn.q_proj.weight"
-    assert not torch.equal(wa[q], base[q]), "the merged LoRA delta is in the weights"
-    emb = "language_model.model.embed_tokens.weight"
-    assert torch.equal(wa[emb], base[emb]), "LoRA leaves the non-adapted weights alone"
 
 
 def test_resume_without_checkpoint_and_restart_over_checkpoints_are_errors(tiny_base, tiny_data, stage1_out,
