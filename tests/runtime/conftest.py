@@ -22,6 +22,10 @@ def _rt_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("LLAVA_LOCAL_HOME", str(home))
     monkeypatch.delenv("LLAVA_LOCAL_MODEL", raising=False)
+    # The shipped demo bundle (models/llava-local-tiny) must not answer for "no model given" cases here.
+    from llava_local import models
+
+    monkeypatch.setattr(models, "demo_candidates", lambda: [])
     # One llama.cpp thread: on a shared 2-core CI box, spinning worker threads make tiny models 10x slower.
     monkeypatch.setenv("LLAVA_LOCAL_THREADS", "1")
     return home
