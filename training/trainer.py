@@ -168,7 +168,9 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool) -> Path:
         for p in model.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
-    model.to(dist.device)
+    if not dist.enabled:
+        model.to(dist.device)
+    # Under FSDP2, fully_shard moves each unit to the GPU as it shards it: the full model never sits on one GPU.
     if cfg.train.activation_checkpointing:
         _enable_activation_checkpointing(model.language_model)
     if dist.enabled:
