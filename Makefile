@@ -13,9 +13,8 @@ TORCH_DEV := torch==2.13.0
 # llama.cpp backends: CPU by default; e.g. make install CMAKE_ARGS="-DGGML_CUDA=on" (Metal is automatic on macOS).
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 IMAGE ?= examples/shapes.png
-DEV_BUNDLE := bundles/dev-tiny
 
-.PHONY: install chat test lint bench demo-model dev-bundle sysdeps clean
+.PHONY: install chat test lint bench bench-data demo-model train-tiny data-demo sysdeps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,14 +32,27 @@ sysdeps:
 	    apt-get update -qq && apt-get install -y -qq tmux >/dev/null; \
 	  else echo "note: install tmux to run the terminal-app test"; fi; }
 
-# Until the shipped demo model exists, chat uses a small bundle converted from a random tiny checkpoint.
-$(DEV_BUNDLE)/manifest.json: | $(STAMP)
-	$(PY) -m converters.dev_bundle $(DEV_BUNDLE)
+# Chat with the default model: the shipped demo bundle (models/llava-local-tiny) unless LLAVA_LOCAL_MODEL
+# or an installed bundle named `default` says otherwise. MODEL=path/or/name picks another one.
+chat: $(STAMP)
+	$(VENV)/bin/llava-local chat $(if $(MODEL),--model $(MODEL)) $(IMAGE)
 
-dev-bundle: $(DEV_BUNDLE)/manifest.json
+# Rebuild the demo model from nothing with the project's own recipe (about 30 minutes on 2 CPU cores).
+demo-model: $(STAMP)
+	$(PY) -m training.demo.recipe --out models/llava-local-tiny --work build/demo
 
-chat: $(STAMP) $(DEV_BUNDLE)/manifest.json
-	$(VENV)/bin/llava-local chat --model $(DEV_BUNDLE) $(IMAGE)
+# Tiny two-stage training on CPU: random base models, synthetic data, stage 1, stage 2, a bundle.
+train-tiny: $(STAMP)
+	rm -rf build/tiny runs/tiny-stage1 runs/tiny-stage2
+	$(PY) -c "from training.tiny import make_tiny_base_models as m; m('build/tiny/base')"
+	$(VENV)/bin/llava-local data synth --n 64 --size 56 -o build/tiny/data --quiet
+	$(VENV)/bin/llava-local train tiny-stage1
+	$(VENV)/bin/llava-local train tiny-stage2
+	$(VENV)/bin/llava-local convert runs/tiny-stage2 -o bundles/tiny-trained --force
+
+# The synthetic shapes world: 10,000 scenes with images, COCO files, stage-1/2 JSON and eval questions.
+data-demo: $(STAMP)
+	$(VENV)/bin/llava-local data synth --n 10000 --seed 0 -o data/shapes
 
 test: $(STAMP) sysdeps
 	$(PY) -m pytest -q
@@ -51,5 +63,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+bench-data: $(STAMP)
+	$(PY) -m training.datagen.bench --n 10000 -o bench-out/shapes
+
 clean:
-	rm -rf $(VENV) bundles bench-out .pytest_cache
+	rm -rf $(VENV) bundles bench-out build runs .pytest_cache
