@@ -5,9 +5,11 @@ Contract: `LlamaRunner(gguf_path, n_ctx)` owns one model + context (sequence 0) 
 (n, n_vocab)), `decode_embeddings(rows)` (image rows, in chunks of ≤ n_batch: a larger batch aborts the
 process, tech memo §1.2), `logits()` of the last output, `close()`.
 
-Weights are loaded with `use_extra_bufts = False`: on CPUs that advertise AMX but run in a sandbox that does
-not enable it, ggml's AMX buffer type dies with SIGILL on quantized matmuls; the extra buffer types only
-repack weights for speed, so verification gives the same answers without them.
+llama.cpp's extra CPU buffer types (weight repacking, AMX) are used where `llava_local.cpuprobe.extra_buffers_ok`
+says they work, as the runtime does: on CPUs that advertise AMX but run in a sandbox that does not enable it,
+ggml's AMX buffer type dies with SIGILL on quantized matmuls, and the probe (a child process, cached per machine
+and quant) finds that out; elsewhere the repacked weights keep verification fast. `extra_buffers=True/False`
+overrides the probe.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from llava_local.errors import ConversionError
 
 
 class LlamaRunner:
-    def __init__(self, path: Path, n_ctx: int = 512, n_batch: int = 256) -> None:
+    def __init__(self, path: Path, n_ctx: int = 512, n_batch: int = 256, *, quant: str | None = None,
+                 extra_buffers: bool | None = None) -> None:
         import llama_cpp
+
+        from llava_local.cpuprobe import extra_buffers_ok
 
         from .quantize import _silence_llama_log
 
@@ -31,7 +36,11 @@ class LlamaRunner:
         llama_cpp.llama_backend_init()
         mp = llama_cpp.llama_model_default_params()
         mp.n_gpu_layers = 0
-        mp.use_extra_bufts = False
+        if extra_buffers is None:
+            # the probe's cache key is (CPU flags, llama-cpp-python version, quant); "llm-q8_0.gguf" → "q8_0"
+            extra_buffers = extra_buffers_ok(Path(path), quant or Path(path).stem.removeprefix("llm-"))
+        self.extra_buffers = extra_buffers
+        mp.use_extra_bufts = extra_buffers
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
             raise ConversionError(f"llama.cpp cannot load {path.name}")

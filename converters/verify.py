@@ -142,7 +142,7 @@ def verify(
     n_ctx = max(256, len(hf_chunks[0]) + len(rows) + len(hf_chunks[1]) + n_tokens + 8,
                 max(len(ids) for ids in hf_text) + 8)
     for quant, fname in llm_files.items():
-        with LlamaRunner(work_dir / fname, n_ctx=n_ctx) as run:
+        with LlamaRunner(work_dir / fname, n_ctx=n_ctx, quant=quant) as run:
             ids_equal = all(run.tokenize(c, i == 0) == hf_chunks[i] for i, c in enumerate(chunks))
             text_ids_equal = all(run.tokenize(p, True) == ids for p, ids in zip(text_prompts, hf_text))
             agree, max_abs = [], 0.0

@@ -125,3 +125,27 @@ def test_quant_types(f32_gguf, tmp_path):
     assert q4["Q4_K"] >= 10 and q4["Q6_K"] >= 1 and set(q4) == {"Q4_K", "Q6_K", "F32"}
     with pytest.raises(Exception, match="unknown quantization"):
         quantize.quantize(path, tmp_path / "x.gguf", "q3_xs")
+
+
+def test_runner_uses_the_cpu_probe(f32_gguf, tmp_path, monkeypatch, llava_home):
+    """The verification runner takes llama.cpp's extra buffer types from `cpuprobe.extra_buffers_ok` (cached per
+    machine and quant), not a blanket "off"; a quantized model decodes the same either way."""
+    from llava_local.cpuprobe import REPACK_ENV, _cpu_flags
+
+    _, path = f32_gguf
+    q8 = quantize.quantize(path, tmp_path / "llm-q8_0.gguf", "q8_0")
+    ids = list(range(1, 30))
+    with LlamaRunner(q8) as run:
+        probed, got = run.extra_buffers, run.decode_tokens(ids, all_logits=True)
+    amx = "amx_tile" in _cpu_flags().split()
+    assert (llava_home / "cache" / "cpu-probe.json").is_file() == amx  # probed only where AMX is advertised
+    if not amx:
+        assert probed is True
+    monkeypatch.setenv(REPACK_ENV, "0")
+    with LlamaRunner(q8) as run:
+        assert run.extra_buffers is False
+        plain = run.decode_tokens(ids, all_logits=True)
+    monkeypatch.setenv(REPACK_ENV, "1")
+    with LlamaRunner(q8, extra_buffers=False) as run:  # an explicit choice beats the probe and the variable
+        assert run.extra_buffers is False
+    assert np.abs(got - plain).max() < 0.05
