@@ -54,7 +54,7 @@ def resolve_model(value: str | os.PathLike[str] | None = None) -> Path:
                 return demo
         raise ModelNotFound(
             f"no model given and no default model found; pass --model PATH, set {MODEL_ENV}, or install a bundle "
-            f"as {default} (`llava-local convert ... --out {default}`)"
+            f"as {default} (`llava-local convert CHECKPOINT -o {default}`)"
         )
     text = str(value)
     if isinstance(value, os.PathLike) or _looks_like_path(text):
