@@ -3,7 +3,8 @@
 Contract: `LlamaRunner(gguf_path, n_ctx)` owns one model + context (sequence 0) and keeps its own position:
 `tokenize(text, add_bos)`, `decode_tokens(ids, all_logits=False)` → logits (last row, or every row as
 (n, n_vocab)), `decode_embeddings(rows)` (image rows, in chunks of ≤ n_batch: a larger batch aborts the
-process, tech memo §1.2), `logits()` of the last output, `close()`.
+process, tech memo §1.2), `logits()` of the last output, `piece(token)` bytes and `is_eog(token)` as the runtime
+uses them, `close()`.
 
 llama.cpp's extra CPU buffer types (weight repacking, AMX) are used where `llava_local.cpuprobe.extra_buffers_ok`
 says they work, as the runtime does: on CPUs that advertise AMX but run in a sandbox that does not enable it,
@@ -112,6 +113,18 @@ class LlamaRunner:
                 ctypes.memmove(batch.embd, chunk.ctypes.data, chunk.nbytes)
 
             self._decode(len(chunk), fill, [False] * len(chunk), embd=self.n_embd)
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token as the runtime renders it (control tokens are empty; may be half a character)."""
+        buf = ctypes.create_string_buffer(64)
+        n = self._l.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._l.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._l.llama_vocab_is_eog(self.vocab, token))
 
     def logits(self, i: int = -1) -> np.ndarray:
         ptr = self._l.llama_get_logits_ith(self.ctx, i)
