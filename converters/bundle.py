@@ -47,6 +47,7 @@ class ConvertOptions:
     verify: bool = True
     force: bool = False
     n_tokens: int = 16  # greedy answer length compared during verification
+    fuse_vision: bool = True  # ORT transformer fusions in the shipped fp32 vision.onnx (see vision_onnx.fuse_fp32)
 
     def __post_init__(self) -> None:
         bad = [q for q in self.quants if q not in LLM_QUANTS]
@@ -130,8 +131,8 @@ def convert(opts: ConvertOptions, *, show_progress: bool = True, step_hook: Call
     base = "f32" if "f32" in opts.quants else "f16"
     extra_vision = [d for d in dict.fromkeys(opts.vision_dtypes) if d != "fp32"]
     quants = list(dict.fromkeys(opts.quants))
-    progress = Progress(4 + len(extra_vision) + len([q for q in quants if q != base]) + int(opts.verify),
-                        enabled=show_progress)
+    progress = Progress(4 + len(extra_vision) + len([q for q in quants if q != base]) + int(opts.verify)
+                        + int(opts.fuse_vision), enabled=show_progress)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         hook("load")
@@ -142,6 +143,7 @@ def convert(opts: ConvertOptions, *, show_progress: bool = True, step_hook: Call
         hook("vision")
         vision_files = {"fp32": VISION_FILES["fp32"]}
         parity: dict[str, Any] = {}
+        build_info: dict[str, Any] = {}  # lands in the manifest's provenance
         with progress.step("vision.onnx (fp32)"):
             encoder, _, _ = torch_ref.build_vision_encoder(ckpt)
             vision_onnx.export_fp32(encoder, ckpt.preprocess.size, tmp / VISION_FILES["fp32"])
@@ -162,6 +164,16 @@ def convert(opts: ConvertOptions, *, show_progress: bool = True, step_hook: Call
                         parity["int8_gate"] = {"written": False, "reason": str(e)}
                         continue
                 vision_files[dtype] = VISION_FILES[dtype]
+        if opts.fuse_vision:
+            hook("vision-fuse")
+            with progress.step("vision.onnx: fuse attention, LayerNorm, GELU (onnxruntime.transformers)"):
+                vc = ckpt.vision_config
+                fusion = vision_onnx.fuse_fp32(tmp / VISION_FILES["fp32"], vc.num_attention_heads, vc.hidden_size,
+                                               _gate_pixels(ckpt))
+                build_info["vision_fusion"] = fusion
+                ops = ", ".join(f"{n} {k}" for k, n in fusion["ops"].items()) or "nothing fused"
+                progress.note(f"fused graph: {ops}; max|Δ| vs plain {fusion['max_abs_vs_plain']:.1e}"
+                              + ("" if fusion["fused"] else " (kept the plain graph)"))
         hook("gguf")
         with progress.step(f"{llm_file(base)} (gguf-py)"):
             llm_gguf.write_gguf(ckpt, tmp / llm_file(base), base, name=opts.name or target.name)
@@ -182,7 +194,7 @@ def convert(opts: ConvertOptions, *, show_progress: bool = True, step_hook: Call
                 # The base GGUF is verified too (it is what the quants came from), reported even if not shipped.
                 files = {base: llm_file(base), **llm_files}
                 # A provisional manifest lets the runtime open the work dir like a finished bundle.
-                write_manifest(tmp, _manifest(opts, ckpt, target, tmp, vision_files, files, {}, entries))
+                write_manifest(tmp, _manifest(opts, ckpt, target, tmp, vision_files, files, {}, entries, build_info))
                 gated = tuple(q for q in files if q in verify.Gates().answer_quants)
                 report = verify.verify(ckpt, tmp, vision_files, files, n_tokens=opts.n_tokens,
                                        progress=progress.note, runtime_quants=gated)
@@ -195,7 +207,7 @@ def convert(opts: ConvertOptions, *, show_progress: bool = True, step_hook: Call
         report.update(parity)
         hook("manifest")
         with progress.step("manifest.json (sha256 of every file)"):
-            manifest = _manifest(opts, ckpt, target, tmp, vision_files, llm_files, report, entries)
+            manifest = _manifest(opts, ckpt, target, tmp, vision_files, llm_files, report, entries, build_info)
             write_manifest(tmp, manifest)
         _publish(tmp, target)
     except BaseException:
@@ -215,7 +227,8 @@ def _gate_pixels(ckpt: Any) -> Any:
 
 
 def _manifest(opts: ConvertOptions, ckpt: Any, target: Path, tmp: Path, vision_files: dict[str, str],
-              llm_files: dict[str, str], report: dict[str, Any], entries: dict[str, dict[str, Any]]) -> Manifest:
+              llm_files: dict[str, str], report: dict[str, Any], entries: dict[str, dict[str, Any]],
+              build_info: dict[str, Any] | None = None) -> Manifest:
     """The manifest; `entries` caches sha256/size per file name (a multi-GB GGUF is hashed once)."""
     template = get_template(ckpt.template)
     vision_default = next((d for d in opts.vision_dtypes if d in vision_files), "fp32")
@@ -232,6 +245,7 @@ def _manifest(opts: ConvertOptions, ckpt: Any, target: Path, tmp: Path, vision_f
         "drop_cls": ckpt.drop_cls,
         "image_token_id": ckpt.image_token_id,
         "skipped_tensors": ckpt.skipped,
+        **(build_info or {}),
         **ckpt.provenance,
     }
     return Manifest(

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "vicuna_v1)")
     parser.add_argument("--name", default=None, help="model name in the manifest (default: the output dir name)")
     parser.add_argument("--no-verify", action="store_true", help="skip the parity check against torch")
+    parser.add_argument("--no-fuse-vision", action="store_true",
+                        help="ship the plain fp32 vision graph (no onnxruntime attention/LayerNorm/GELU fusion)")
     parser.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         src=args.src, out=out, quants=tuple(args.quant or ("q4_k_m",)),
         vision_dtypes=tuple(args.vision_dtype or ("fp32",)), vision_tower=args.vision_tower,
         template=args.template, name=args.name, verify=not args.no_verify, force=args.force,
+        fuse_vision=not args.no_fuse_vision,
     )
     with quiet_libraries():
         result = convert(opts, show_progress=not args.quiet)

@@ -10,6 +10,13 @@ Contract:
 - `make_int8(fp32, out, pixels, min_cosine)`: dynamic int8 quantization of the MatMul weights
   (onnxruntime.quantization). It is gated: the int8 graph's embeddings must reach cosine ≥ `min_cosine` with
   the fp32 graph's on `pixels`, otherwise the file is deleted and `Int8Rejected` raised.
+- `fuse_fp32(path, num_heads, hidden_size, pixels)`: rewrites the fp32 graph in place with ONNX Runtime's
+  transformer fusions (`onnxruntime.transformers.optimizer`, model type "clip", python fusions only, opt_level 0:
+  nothing provider-specific is baked in): `com.microsoft` Attention (QKV as one MatMul), SkipLayerNormalization,
+  QuickGelu, BiasGelu. These contrib ops exist in both the CPU and the CUDA execution providers of onnxruntime
+  1.31; the runtime adds its own ORT_ENABLE_ALL passes at load time. The fused graph replaces the plain one only
+  if it matches it on `pixels` (max |Δ| ≤ `FUSE_MAX_ABS`·max(1, max|plain|)); otherwise the plain graph stays.
+  Returns a report (op counts, max |Δ|, kept or not). fp16/int8 variants are made from the plain export first.
 - `run_onnx(path, pixels)`: one CPU onnxruntime session → numpy output (used by verify and the int8 gate).
 """
 
@@ -26,6 +33,8 @@ OPSET = 17
 MAX_IR_VERSION = 8  # IR 8 is the lowest that carries opset 17; well under onnxruntime 1.31's limit of 13
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "image_embeds"
 INT8_MIN_COSINE = 0.99
+FUSE_MAX_ABS = 1e-4  # fused vs plain fp32 graph, relative to max(1, max|plain|); measured ~1e-6
+FUSED_OPS = ("Attention", "SkipLayerNormalization", "QuickGelu", "BiasGelu", "FastGelu", "Gelu")
 
 
 class Int8Rejected(ConversionError):
@@ -83,6 +92,42 @@ def make_int8(fp32_path: Path, out_path: Path, pixels: np.ndarray, min_cosine: f
             "use --vision-dtype fp16 or fp32"
         )
     return cos
+
+
+def fuse_fp32(path: Path, num_heads: int, hidden_size: int, pixels: np.ndarray) -> dict[str, Any]:
+    """Fuse the fp32 graph at `path` in place (see the module docstring); returns what was done."""
+    import logging
+    from collections import Counter
+
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    fused = path.with_name(path.stem + ".fused.onnx")
+    log = logging.getLogger("onnxruntime.transformers")  # "producer not matched" etc.: we checked the graph
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        model = optimize_model(str(path), model_type="clip", num_heads=num_heads, hidden_size=hidden_size,
+                               opt_level=0, use_gpu=False).model
+    finally:
+        log.setLevel(level)
+    if any(n.domain == "com.microsoft" for n in model.graph.node) and not any(
+            o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))  # save_model_to_file would add it
+    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    model.producer_name = "llava-local convert"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(fused))
+    ops = Counter(n.op_type for n in model.graph.node if n.domain == "com.microsoft")
+    plain, out = run_onnx(path, pixels), run_onnx(fused, pixels)
+    max_abs = float(np.abs(out - plain).max())
+    kept = max_abs <= FUSE_MAX_ABS * max(1.0, float(np.abs(plain).max())) and bool(ops)
+    if kept:
+        fused.replace(path)
+    else:
+        fused.unlink(missing_ok=True)
+    return {"fused": kept, "ops": {k: ops[k] for k in FUSED_OPS if ops[k]}, "max_abs_vs_plain": max_abs,
+            "domains": sorted({o.domain or "ai.onnx" for o in model.opset_import})}
 
 
 def run_onnx(path: Path, pixels: np.ndarray) -> np.ndarray:

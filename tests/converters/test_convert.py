@@ -25,6 +25,8 @@ def test_tiny_bundle_manifest_and_parity(tiny_bundle):
     assert (m.preprocess.mode, m.preprocess.size, m.template, m.stop_strings) == ("pad", 56, "vicuna_v1", ("</s>",))
     assert m.llm.context_length == 1024 and m.name == "tiny"
     assert m.provenance["layout"] == "llava-hf" and m.provenance["converter"].startswith("llava-local ")
+    fusion = m.provenance["vision_fusion"]  # the shipped fp32 graph is fused by default and still passes parity
+    assert fusion["fused"] and fusion["ops"]["Attention"] == 2 and fusion["max_abs_vs_plain"] <= 1e-5
     p = m.parity
     assert p["verified"] and p["vision"]["fp32"]["max_abs"] <= 1e-4 and p["vision"]["fp32"]["cosine"] > 0.99999
     assert len(p["torch_answer"]) == p["n_tokens"] == 16
@@ -69,13 +71,15 @@ def test_runtime_answers_like_transformers(tiny_bundle, tiny_hf_checkpoint, tiny
 
 def test_original_layout_converts_with_f32(tiny_original_checkpoint, tmp_path, capsys):
     out = tmp_path / "orig-bundle"
-    assert main(["convert", str(tiny_original_checkpoint), "-o", str(out), "--quant", "f32"]) == 0
+    assert main(["convert", str(tiny_original_checkpoint), "-o", str(out), "--quant", "f32", "--no-fuse-vision"]) == 0
     captured = capsys.readouterr()
+    assert "fuse" not in captured.err
     assert captured.out.strip() == str(out.resolve())
     assert "convert [1/" in captured.err and "verify against torch done" in captured.err  # progress lines
     m = load_manifest(out)
     p = m.parity
     assert m.provenance["layout"] == "original" and m.provenance["vision_tower"].endswith("clip")
+    assert "vision_fusion" not in m.provenance
     assert p["vision"]["fp32"]["max_abs"] <= 1e-4
     assert p["llm"]["f32"]["answer"] == p["torch_answer"] and p["llm"]["f32"]["prompt_ids_equal"]
 
