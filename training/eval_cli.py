@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from llava_local.errors import UsageError
@@ -53,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--seed 0 is the demo model's training world; pick another seed for held-out scenes")
     if args.min_accuracy is not None and not 0 <= args.min_accuracy <= 1:
         raise UsageError("--min-accuracy is a fraction in [0, 1], e.g. 0.9")
+    if args.torch_ckpt and not (Path(args.torch_ckpt) / "llava_local.json").is_file():
+        raise UsageError(f"--torch {args.torch_ckpt}: not a `llava-local train` output (no llava_local.json)")
     from training.demo.evaluate import evaluate_bundle, evaluate_torch
 
     def progress(done: int, total: int) -> None:

@@ -53,3 +53,12 @@ def test_eval_set_is_deterministic_covers_every_type_and_is_held_out():
 def test_short_answer_prompts_carry_llava_15_suffix():
     assert prompt_of(QA("How many circles are there?", "2", "count", "")).endswith("\n" + SHORT_ANSWER)
     assert prompt_of(QA("Describe the image briefly.", "x", "description", "")) == "Describe the image briefly."
+
+
+def test_the_teachers_own_answers_score_perfectly():
+    items = eval_set(60, 1000)
+    assert all(score(i.qa, i.qa.answer, i.scene) for i in items)
+    # and a wrong scene's answers do not: the check looks at the scene, not at the answer's form
+    other = eval_set(60, 1001)
+    descriptions = [(i, j) for i, j in zip(items, other, strict=False) if i.qa.qtype == j.qa.qtype == "description"]
+    assert sum(score(i.qa, j.qa.answer, i.scene) for i, j in descriptions) < len(descriptions) / 4

@@ -127,7 +127,9 @@ def evaluate_bundle(model: str | Path | None, n: int, seed: int, *, device: str 
     items = eval_set(n, seed)
     result = EvalResult()
     t0 = time.time()
-    with open_model(None if model is None else str(model), RuntimeConfig(device=device, n_threads=threads)) as m:
+    # No disk cache: 300 synthetic images do not belong in the user's embedding cache.
+    config = RuntimeConfig(device=device, n_threads=threads, embedding_cache=False)
+    with open_model(None if model is None else str(model), config) as m:
         session = ChatSession(m, generation=GenerationConfig(temperature=0.0, max_tokens=64))
         for k, item in enumerate(items):
             session.clear()
