@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="CPU threads for every runtime (default: all cores this process may use)")
     ap.add_argument("--report", type=Path, default=REPO / "docs" / "benchmarks.md")
     ap.add_argument("--render", action="store_true", help="only re-render the report from the last results.json")
+    ap.add_argument("--vision-threads", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="thread counts for the image-encode section, e.g. 1,2 (default: --threads)")
+    ap.add_argument("--vision-only", action="store_true",
+                    help="measure only the image encoders; the decode numbers come from the last results.json")
     args = ap.parse_args(argv)
     if args.render:
         results_file = args.out / ("quick" if args.quick else "full") / "results.json"
@@ -66,8 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(bundle)
     threads = args.threads or default_threads()
     image = _image(out, sizes.image_size)
-    results: dict = {"sizes": sizes.__dict__, "threads": threads, "decode": {}, "vision": {}}
-    for quant in ("q4_k_m", "f16"):
+    results: dict = {"sizes": sizes.__dict__, "threads": threads, "decode": {}, "vision": {}, "vision_by_threads": {}}
+    if args.vision_only:  # keep the last run's decode numbers, measure the image encoders again
+        last = json.loads((out / "results.json").read_text())
+        results["decode"], threads = last["decode"], last["threads"]
+        results["threads"] = threads
+        results["decode_from_earlier_run"] = True
+    for quant in () if args.vision_only else ("q4_k_m", "f16"):
         gguf = bundle / manifest.llm.files[quant]
         extra = extra_buffers_ok(gguf, quant)
         eng, raw = [], []
@@ -81,22 +90,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"({raw[-1]['tokens_per_cpu_second']:.1f} per CPU-s)", flush=True)
         results["decode"][quant] = {"engine": eng, "raw": raw, "extra_buffers": extra,
                                     "file_mib": gguf.stat().st_size / 2**20}
-    hf = decode.hf_decode(ckpt, results["decode"]["q4_k_m"]["engine"][0]["n_prompt"], min(args.tokens, 32), threads)
-    results["decode"]["transformers_eager_fp32"] = hf
-    print(f"bench: transformers eager {hf['tokens_per_second']:.1f} tok/s", flush=True)
+    if not args.vision_only:
+        hf = decode.hf_decode(ckpt, results["decode"]["q4_k_m"]["engine"][0]["n_prompt"], min(args.tokens, 32),
+                              threads)
+        results["decode"]["transformers_eager_fp32"] = hf
+        print(f"bench: transformers eager {hf['tokens_per_second']:.1f} tok/s", flush=True)
 
     pixels = preprocess(image, manifest.preprocess)
-    results["vision"]["onnx_fp32"] = vision.onnx_encode(bundle / manifest.vision.files["fp32"], manifest.vision,
-                                                        pixels, args.repeats, threads)
-    int8_path, cos = build.int8_graph(bundle, out)
-    if int8_path is not None:
-        results["vision"]["onnx_int8"] = vision.onnx_encode(int8_path, manifest.vision, pixels, args.repeats,
-                                                            threads)
-        results["vision"]["onnx_int8"]["cosine_vs_fp32"] = cos
-        results["vision"]["onnx_int8"]["in_bundle"] = "int8" in manifest.vision.files
-    results["vision"]["torch_eager_fp32"] = vision.torch_encode(ckpt, pixels, args.repeats, threads)
-    for k, v in results["vision"].items():
-        print(f"bench: vision {k} {v['seconds']:.2f} s/image", flush=True)
+    by_threads = results["vision_by_threads"]
+    for n in args.vision_threads or [threads]:
+        by_threads[str(n)] = _vision(bundle, ckpt, out, manifest, pixels, args.repeats, n)
+    results["vision"] = by_threads.get(str(threads)) or next(iter(by_threads.values()))  # the table at --threads
 
     results["build_seconds"] = t_built - t_start
     results["measure_seconds"] = time.perf_counter() - t_built
@@ -107,6 +111,25 @@ def main(argv: list[str] | None = None) -> int:
     args.report.write_text(text)
     print(f"bench: wrote {args.report} ({time.perf_counter() - t_start:.0f}s in all)")
     return 0
+
+
+def _vision(bundle: Path, ckpt: Path, out: Path, manifest, pixels, repeats: int, threads: int) -> dict:
+    """Image encode at `threads`: ONNX fp32 plain export and fused (the converter's default), int8, torch eager."""
+    res: dict = {}
+    graphs = vision.fp32_graphs(bundle, ckpt, out)
+    res["onnx_fp32"] = vision.onnx_encode(graphs["plain"], manifest.vision, pixels, repeats, threads)
+    res["onnx_fp32_fused"] = vision.onnx_encode(graphs["fused"], manifest.vision, pixels, repeats, threads)
+    res["onnx_fp32_fused"]["in_bundle"] = graphs["fused"].parent == bundle
+    int8_path, cos = build.int8_graph(bundle, out)
+    if int8_path is not None:
+        res["onnx_int8"] = vision.onnx_encode(int8_path, manifest.vision, pixels, repeats, threads)
+        res["onnx_int8"]["cosine_vs_fp32"] = cos
+        res["onnx_int8"]["in_bundle"] = "int8" in manifest.vision.files
+    res["torch_eager_fp32"] = vision.torch_encode(ckpt, pixels, repeats, threads)
+    for k, v in res.items():
+        print(f"bench: vision {k} ({threads} thread{'s' if threads > 1 else ''}) {v['seconds']:.2f} s/image wall, "
+              f"{v['cpu_seconds']:.2f} CPU-s best", flush=True)
+    return res
 
 
 if __name__ == "__main__":
