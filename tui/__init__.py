@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import sqlite3
 
-_GEN_FLAGS = ("temperature", "top_p", "top_k", "repeat_penalty", "max_tokens", "seed")
-
 
 def launch(args: argparse.Namespace) -> int:
     """Open the chat app; returns 0 when the user quits."""
@@ -24,7 +22,7 @@ def launch(args: argparse.Namespace) -> int:
     except Exception:  # e.g. a terminal that reports 0 columns: show image chips without previews
         preview = "none"
 
-    from llava_local.config import GenerationConfig, RuntimeConfig
+    from llava_local.commands.chat import generation_from_args, runtime_from_args
     from llava_local.errors import LlavaLocalError
     from llava_local.paths import data_dir
 
@@ -32,9 +30,8 @@ def launch(args: argparse.Namespace) -> int:
     from .backend import llava_backend
     from .store import Store
 
-    runtime = RuntimeConfig(device=getattr(args, "device", None) or "auto", n_ctx=getattr(args, "n_ctx", None),
-                            quant=getattr(args, "quant", None))
-    gen = GenerationConfig(**{k: getattr(args, k) for k in _GEN_FLAGS if getattr(args, k, None) is not None})
+    runtime = runtime_from_args(args)
+    gen = generation_from_args(args)
     try:
         store = Store(data_dir())
     except (OSError, sqlite3.Error) as e:
