@@ -135,6 +135,13 @@ def render(r: dict, quick: bool = False) -> str:
         "of milliseconds per token here, so engine/raw is 1.0 within the noise of a shared machine.",
         *_vision_notes(r),
         "",
+        "## Training throughput (GPU)",
+        "",
+        "Unmeasured: no GPU was available where these numbers were taken. `python -m training.bench_gpu --steps 8` "
+        "(one GPU) or `torchrun --standalone --nproc-per-node N -m training.bench_gpu --steps 8` runs a few stage-2 "
+        "steps of a ~1B LLaVA (CLIP ViT-L/14-336 + TinyLlama-1.1B shape) with FSDP2, bf16 and activation "
+        "checkpointing and prints tokens/s, MFU and peak memory; paste its output here when it has run on a GPU.",
+        "",
         f"Build (cached under bench-out/): {r['build_seconds']:.0f} s; measurements: {r['measure_seconds']:.0f} s.",
         "",
     ]
