@@ -23,6 +23,7 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -120,33 +121,44 @@ def _init_worker(backend: Backend, settings: Settings) -> None:
     _WORKER = (backend, settings)
 
 
-def _execute_in_worker(job: Job) -> dict | None:
-    """`_execute` in a worker process; None when the backend gave up (pickling GaveUp is not worth it)."""
+def _execute_or_none(job: Job, backend: Backend, settings: Settings) -> dict | None:
+    """`_execute`, with None when the backend gave up (pickling GaveUp across processes is not worth it)."""
     try:
-        return _execute(job, *_WORKER)
+        return _execute(job, backend, settings)
     except GaveUp:
         return None
+
+
+def _execute_in_worker(job: Job) -> dict | None:
+    """`_execute_or_none` in a worker process."""
+    return _execute_or_none(job, *_WORKER)
+
+
+def _commit_in_batches(entries: Iterable[dict | None], journal: Journal, progress: Progress, batch: int) -> int:
+    """Journal finished entries `batch` at a time, in the order given (None: the backend gave up); returns
+    how many gave up."""
+    failed, buf = 0, []
+    for entry in entries:
+        if entry is None:
+            failed += 1
+            progress.update("backend_error")
+            continue
+        buf.append(entry)
+        progress.update(_outcome(entry))
+        if len(buf) >= batch:
+            journal.commit(buf)
+            buf = []
+    journal.commit(buf)
+    return failed
 
 
 def _execute_processes(pending: list[Job], backend: Backend, settings: Settings, journal: Journal, progress: Progress,
                        workers: int, batch: int) -> int:
     """CPU-bound backends (the teacher): jobs in worker processes, results committed here in plan order."""
-    failed, buf = 0, []
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                 initargs=(backend, settings)) as pool:
-        for entry in pool.map(_execute_in_worker, pending, chunksize=64):
-            if entry is None:
-                failed += 1
-                progress.update("backend_error")
-                continue
-            buf.append(entry)
-            progress.update(_outcome(entry))
-            if len(buf) >= batch:
-                journal.commit(buf)
-                buf = []
-    journal.commit(buf)
-    return failed
+        return _commit_in_batches(pool.map(_execute_in_worker, pending, chunksize=64), journal, progress, batch)
 
 
 def execute_jobs(jobs: list[Job], backend: Backend, settings: Settings, journal: Journal, progress: Progress,
@@ -160,21 +172,8 @@ def execute_jobs(jobs: list[Job], backend: Backend, settings: Settings, journal:
     if workers > 1 and getattr(backend, "cpu_bound", False) and len(pending) > 256:
         return _execute_processes(pending, backend, settings, journal, progress, workers, batch)
     if workers <= 1:
-        buf: list[dict] = []
-        for job in pending:
-            try:
-                entry = _execute(job, backend, settings)
-            except GaveUp:
-                failed += 1
-                progress.update("backend_error")
-                continue
-            buf.append(entry)
-            progress.update(_outcome(entry))
-            if len(buf) >= batch:
-                journal.commit(buf)
-                buf = []
-        journal.commit(buf)
-        return failed
+        return _commit_in_batches((_execute_or_none(job, backend, settings) for job in pending), journal, progress,
+                                  batch)
     todo = iter(pending)
     with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="datagen") as pool:
         running: set[cf.Future] = set()
