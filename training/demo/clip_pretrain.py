@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .lm_pretrain import cosine_lr
+from .lm_pretrain import cosine_lr, shuffled_batches
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +91,9 @@ def pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Pat
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(cfg.seed)
-    order, pos, losses, accs = torch.randperm(n, generator=gen), 0, [], []
+    batches, losses, accs = shuffled_batches(n, cfg.batch_size, gen), [], []
     model.train()
-    for step in range(cfg.steps):
-        if pos + cfg.batch_size > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos : pos + cfg.batch_size]
-        pos += cfg.batch_size
+    for step, idx in zip(range(cfg.steps), batches):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
         out = model(input_ids=ids[idx], attention_mask=mask[idx], pixel_values=pixels[idx])

@@ -16,7 +16,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,19 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def shuffled_batches(n: int, batch_size: int, gen: Any) -> Iterator[Any]:
+    """Endless batches of row indices: a seeded permutation of `n` rows, reshuffled when the next batch would run
+    past its end (the remainder is dropped, so every batch is full)."""
+    import torch
+
+    order, pos = torch.randperm(n, generator=gen), 0
+    while True:
+        if pos + batch_size > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        yield order[pos : pos + batch_size]
+        pos += batch_size
+
+
 def pretrain_lm(texts: Sequence[str], tokenizer_dir: str | Path, out_dir: str | Path, cfg: LMConfig) -> dict[str, Any]:
     """Train the base LLaMA on `texts` and save it as an HF directory with the tokenizer; return a report."""
     import torch
@@ -114,14 +127,9 @@ def pretrain_lm(texts: Sequence[str], tokenizer_dir: str | Path, out_dir: str | 
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(n_rows, generator=gen)
-    pos, losses = 0, []
+    batches, losses = shuffled_batches(n_rows, cfg.batch_size, gen), []
     model.train()
-    for step in range(cfg.steps):
-        if pos + cfg.batch_size > n_rows:
-            order, pos = torch.randperm(n_rows, generator=gen), 0
-        idx = order[pos : pos + cfg.batch_size]
-        pos += cfg.batch_size
+    for step, idx in zip(range(cfg.steps), batches):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
         loss = model(input_ids=ids[idx], labels=labels[idx]).loss  # labels shift inside the model
