@@ -30,6 +30,7 @@ from . import commands
 from .app_commands import CommandsMixin
 from .attach import check_image
 from .backend import Backend
+from .hangup import watch_terminal
 from .screens.image_picker import ImagePickerScreen
 from .store import ImageRef, Message, Store
 from .widgets.assistant_turn import AssistantTurn, stats_line
@@ -106,6 +107,12 @@ class LlavaApp(CommandsMixin, App[int]):
         for raw in self.initial_images:
             self.attach(Path(raw).expanduser())
         self._open_model(self.model_name, restore=self._resume_id())
+        if not self.is_headless:
+            watch_terminal(self)
+
+    def cancel_answer(self) -> None:
+        """Thread-safe: the answer being generated stops at its next token (what it has so far is kept)."""
+        self._cancel.set()
 
     def on_unmount(self) -> None:
         # Free llama.cpp's memory now rather than at interpreter exit; a still-running answer keeps it alive
