@@ -44,6 +44,8 @@ class ClipConfig:
     lr: float = 1e-3
     warmup: int = 40
     weight_decay: float = 0.1
+    region_weight: float = 1.0  # weight of the region–phrase term (0: whole-image captions only)
+    region_max_len: int = 8  # phrase tokens
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -54,21 +56,44 @@ class ClipConfig:
 
 
 def _caption_ids(captions: Sequence[str], tok: Any, max_len: int) -> tuple[Any, Any]:
-    """Token ids (N, max_len) with EOS last (CLIP's text pooling reads the EOS position) and the mask."""
+    """Token ids (N, max_len) ending in the text tower's end token (`len(tok)`, where it pools) and the mask."""
     import torch
 
+    end = len(tok)
     ids = torch.zeros((len(captions), max_len), dtype=torch.long)
     mask = torch.zeros((len(captions), max_len), dtype=torch.long)
     for i, c in enumerate(captions):
-        row = [tok.bos_token_id, *tok(c, add_special_tokens=False)["input_ids"]][: max_len - 1] + [tok.eos_token_id]
+        row = [tok.bos_token_id, *tok(c, add_special_tokens=False)["input_ids"]][: max_len - 1] + [end]
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
     return ids, mask
 
 
+def _box_weights(box: Sequence[float], grid: int) -> Any:
+    """(grid*grid,) weights: the fraction of each patch that the normalised box covers, summing to 1."""
+    import torch
+
+    x1, y1, x2, y2 = box
+    edges = torch.arange(grid + 1, dtype=torch.float32) / grid
+    ox = (torch.minimum(edges[1:], torch.tensor(x2)) - torch.maximum(edges[:-1], torch.tensor(x1))).clamp(min=0)
+    oy = (torch.minimum(edges[1:], torch.tensor(y2)) - torch.maximum(edges[:-1], torch.tensor(y1))).clamp(min=0)
+    w = (oy[:, None] * ox[None, :]).flatten()  # row-major, like the patch tokens
+    return w / w.sum().clamp(min=1e-8)
+
+
+def _multi_positive_nce(logits: Any, same: Any) -> Any:
+    """Symmetric InfoNCE where `same[i, j]` marks every positive pair (rows and columns each have ≥ 1)."""
+    import torch.nn.functional as F
+
+    row = F.cross_entropy(logits, same / same.sum(dim=1, keepdim=True))
+    col = F.cross_entropy(logits.t(), same.t() / same.t().sum(dim=1, keepdim=True))
+    return 0.5 * (row + col)
+
+
 def pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Path, out_dir: str | Path,
-                  cfg: ClipConfig) -> dict[str, Any]:
-    """Train the stand-in CLIP on (pixels, captions); save the vision tower; return a report."""
+                  cfg: ClipConfig, regions: Sequence[Sequence[tuple[str, Sequence[float]]]] | None = None,
+                  ) -> dict[str, Any]:
+    """Train the stand-in CLIP on (pixels, captions[, regions]); save the vision tower; return a report."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel
@@ -82,25 +107,51 @@ def pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Pat
     # caption identity → multi-positive targets (see module docstring)
     _, caption_class = torch.unique(ids, dim=0, return_inverse=True)
 
+    use_regions = regions is not None and cfg.region_weight > 0
+    grid = cfg.image_size // cfg.patch_size
+    if use_regions:
+        assert len(regions) == n, (len(regions), n)
+        flat = [(i, phrase, box) for i, rs in enumerate(regions) for phrase, box in rs]
+        reg_image = torch.tensor([i for i, _, _ in flat])  # (R,) image index of each region
+        reg_ids, reg_mask = _caption_ids([p for _, p, _ in flat], tok, cfg.region_max_len)
+        _, reg_class = torch.unique(reg_ids, dim=0, return_inverse=True)
+        reg_weights = torch.stack([_box_weights(b, grid) for _, _, b in flat])  # (R, grid*grid)
+
     vision = dict(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                   num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
                   image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_act="gelu")
-    text = dict(vocab_size=len(tok), hidden_size=cfg.text_hidden_size, intermediate_size=4 * cfg.text_hidden_size,
+    text = dict(vocab_size=len(tok) + 1, hidden_size=cfg.text_hidden_size, intermediate_size=4 * cfg.text_hidden_size,
                 num_hidden_layers=cfg.text_layers, num_attention_heads=4, max_position_embeddings=cfg.text_max_len,
-                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.unk_token_id)
+                bos_token_id=tok.bos_token_id, eos_token_id=len(tok), pad_token_id=tok.unk_token_id)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(cfg.seed)
-    batches, losses, accs = shuffled_batches(n, cfg.batch_size, gen), [], []
+    batches, losses, accs, reg_accs = shuffled_batches(n, cfg.batch_size, gen), [], [], []
     model.train()
     for step, idx in zip(range(cfg.steps), batches):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
-        out = model(input_ids=ids[idx], attention_mask=mask[idx], pixel_values=pixels[idx])
-        logits = out.logits_per_image  # (B, B), already scaled by exp(logit_scale)
+        vis = model.vision_model(pixel_values=pixels[idx])
+        img = F.normalize(model.visual_projection(vis.pooler_output), dim=-1)
+        txt = model.text_model(input_ids=ids[idx], attention_mask=mask[idx])
+        cap = F.normalize(model.text_projection(txt.pooler_output), dim=-1)
+        scale = model.logit_scale.exp()
+        logits = scale * img @ cap.t()  # (B, B)
         same = (caption_class[idx][:, None] == caption_class[idx][None, :]).float()
-        target = same / same.sum(dim=1, keepdim=True)
-        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        loss = _multi_positive_nce(logits, same)
+        if use_regions:
+            # regions of this batch's images; `slot` maps each to its image's row in the batch
+            slot_of = torch.full((n,), -1, dtype=torch.long)
+            slot_of[idx] = torch.arange(len(idx))
+            sel = (slot_of[reg_image] >= 0).nonzero().squeeze(1)
+            patches = model.vision_model.post_layernorm(vis.last_hidden_state[:, 1:])  # (B, grid², H)
+            pooled = torch.einsum("rp,rph->rh", reg_weights[sel], patches[slot_of[reg_image[sel]]])
+            reg = F.normalize(model.visual_projection(pooled), dim=-1)
+            ptxt = model.text_model(input_ids=reg_ids[sel], attention_mask=reg_mask[sel])
+            phr = F.normalize(model.text_projection(ptxt.pooler_output), dim=-1)
+            reg_logits = scale * reg @ phr.t()  # (R_b, R_b)
+            reg_same = (reg_class[sel][:, None] == reg_class[sel][None, :]).float()
+            loss = loss + cfg.region_weight * _multi_positive_nce(reg_logits, reg_same)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -108,17 +159,23 @@ def pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Pat
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)  # CLIP caps the temperature at 100
             accs.append(same[torch.arange(len(idx)), logits.argmax(dim=1)].mean().item())
+            if use_regions:
+                reg_accs.append(reg_same[torch.arange(len(sel)), reg_logits.argmax(dim=1)].mean().item())
         losses.append(loss.item())
         if step % 50 == 0 or step == cfg.steps - 1:
-            log.info("clip step %d/%d loss %.4f i→t acc %.3f", step, cfg.steps, loss.item(), accs[-1])
+            log.info("clip step %d/%d loss %.4f i→t acc %.3f region acc %.3f", step, cfg.steps, loss.item(),
+                     accs[-1], reg_accs[-1] if reg_accs else float("nan"))
 
     tower = CLIPVisionModel(CLIPVisionConfig(**vision))
     tower.load_state_dict(model.vision_model.state_dict(), strict=True)
     out_path = Path(out_dir)
     out_path.mkdir(parents=True, exist_ok=True)
     tower.save_pretrained(str(out_path))
-    tail = slice(-20, None)
+
+    def tail(xs: list[float]) -> float | None:
+        return round(sum(xs[-20:]) / len(xs[-20:]), 3) if xs else None
+
     return {"pairs": n, "distinct_captions": int(caption_class.max()) + 1, "steps": cfg.steps,
-            "final_loss": round(sum(losses[tail]) / len(losses[tail]), 4),
-            "final_i2t_acc": round(sum(accs[tail]) / len(accs[tail]), 3),
+            "regions": int(reg_image.numel()) if use_regions else 0,
+            "final_loss": tail(losses), "final_i2t_acc": tail(accs), "final_region_acc": tail(reg_accs),
             "seconds": round(time.time() - t0, 1), "config": asdict(cfg)}
