@@ -29,14 +29,14 @@ def test_scale_shrinks_a_trial_run():
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """5 scenes → images + LLaVA JSON, and a SentencePiece tokenizer on their text."""
-    from training.demo.corpus import build_dataset, make_scenes, text_corpus
+    from training.demo.corpus import build_dataset, doc_text, make_scenes, text_corpus
     from training.tokenizer import train_sentencepiece
 
     root = tmp_path_factory.mktemp("toy")
     scenes = make_scenes(0, 40)
     info = build_dataset(root / "data", scenes, 32, seed=0)
     texts = text_corpus(scenes, 0)
-    tok_dir = train_sentencepiece(texts, root / "tok", vocab_size=400)
+    tok_dir = train_sentencepiece([doc_text(d) for d in texts], root / "tok", vocab_size=400)
     return root, info, texts, tok_dir
 
 
@@ -85,6 +85,7 @@ def test_clip_pretrain_writes_a_loadable_vision_tower(toy, tmp_path):
 
     from llava_local.preprocess import PreprocessConfig, load_image, to_pixels
     from training.demo.clip_pretrain import ClipConfig, pretrain_clip
+    from training.demo.corpus import make_scenes
 
     root, _, _, tok_dir = toy
     recs = json.loads((root / "data" / "stage1.json").read_text())
@@ -92,8 +93,56 @@ def test_clip_pretrain_writes_a_loadable_vision_tower(toy, tmp_path):
     pixels = torch.from_numpy(np.stack([to_pixels(load_image(root / "data" / r["image"]), pp) for r in recs]))
     cfg = ClipConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                      text_hidden_size=32, projection_dim=16, batch_size=8, steps=2, warmup=1)
-    report = pretrain_clip(pixels, [r["conversations"][1]["value"] for r in recs], tok_dir, tmp_path / "clip", cfg)
-    assert report["steps"] == 2
+    scenes = {s.key: s for s in make_scenes(0, 40)}
+    regions = [[(o.phrase(), o.box) for o in scenes[r["id"].split("-")[0]].objects] for r in recs]
+    report = pretrain_clip(pixels, [r["conversations"][1]["value"] for r in recs], tok_dir, tmp_path / "clip", cfg,
+                           regions=regions)
+    assert report["steps"] == 2 and report["regions"] == sum(len(r) for r in regions)
+    assert 0 <= report["final_region_acc"] <= 1
     tower = CLIPVisionModel.from_pretrained(str(tmp_path / "clip"))
     out = tower(pixels[:2], output_hidden_states=True)
     assert out.hidden_states[-2].shape == (2, 1 + 16, 32)
+
+
+def test_box_weights_cover_exactly_the_patches_under_the_box():
+    from training.demo.clip_pretrain import _box_weights
+
+    # a box over the top-left patch and half of its right neighbour, on a 4×4 grid
+    w = _box_weights((0.0, 0.0, 0.375, 0.25), 4).view(4, 4)
+    assert torch.allclose(w.sum(), torch.tensor(1.0))
+    assert torch.allclose(w[0, :2], torch.tensor([2 / 3, 1 / 3])) and w[1:].abs().sum() == 0 and w[0, 2:].sum() == 0
+
+
+def test_clip_text_ids_end_in_the_towers_own_end_token(toy):
+    """transformers pools CLIP text at the highest token id when eos_token_id == 2 (a legacy rule), and our
+    SentencePiece EOS is 2: the text tower gets an end token of its own, past the vocabulary, and pools there."""
+    from transformers import AutoTokenizer
+
+    from training.demo.clip_pretrain import _caption_ids
+
+    tok = AutoTokenizer.from_pretrained(str(toy[3]))
+    ids, mask = _caption_ids(["a red circle", "a small blue square and a red circle"], tok, 8)
+    ends = mask.sum(dim=1) - 1
+    assert (ids[torch.arange(2), ends] == len(tok)).all()  # the last real token is the end token
+    assert (ids.argmax(dim=1) == ends).all()  # and it is the highest id, so even the legacy rule finds it
+
+
+def test_grounded_chats_put_the_scene_where_the_image_goes():
+    import random
+
+    from llava_local.templates import VICUNA_SYSTEM
+    from training.datagen.world import make_scene
+    from training.demo.corpus import grounded_chat, scene_text
+
+    scene = make_scene(0, 3)
+    text = scene_text(scene)
+    # every object, in reading order (the patch tokens' order), with its region
+    assert [p.split(": ")[0] for p in text.rstrip(".").split(". ")] == [o.region for o in scene.objects]
+    assert all(o.phrase() in text for o in scene.objects)
+    from training.demo.corpus import _vqa_turns, doc_text
+
+    chat = grounded_chat(scene, _vqa_turns(scene, random.Random(0), 4))
+    plain = doc_text(chat)
+    assert plain.startswith(VICUNA_SYSTEM) and f"USER: {text}\n" in plain and plain.count("ASSISTANT:") == 4
+    answers = [t for t, trained in chat if trained]  # only the answers are trained on, each ending in </s>
+    assert len(answers) == 4 and all(a.endswith("</s>") and text not in a for a in answers)

@@ -8,8 +8,8 @@ Contract (all deterministic in the world seed):
   `stage1.json` (image + caption, for the `plain` template) and `stage2.json` (the paper's mix —
   conversation / detail / complex_reasoning from the rule-based teacher — plus multi-turn short-answer VQA
   turns for the evaluation types), both LLaVA JSON with paths relative to `out_dir`.
-- `text_corpus(scenes, seed)` → plain world text (captions, questions, answers, descriptions, the chat
-  system prompt) for the tokenizer and the base LLaMA.
+- `text_corpus(scenes, seed)` → world text for the tokenizer and the base LLaMA: captions, and chats about a
+  scene written out in words (where LLaVA puts the image), as `(text, trainable)` segments.
 
 Short answers are what the eval checks, so they follow the teacher's canonical forms exactly ("red",
 "circle", "2", "top left", "yes"); the suffix tells the model when a short answer is wanted, as in LLaVA-1.5.
@@ -33,6 +33,7 @@ from training.datagen.world import Scene, make_scene
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA instruction
 QTYPES: tuple[str, ...] = teacher.QTYPES  # colour shape count position relation existence description
+Doc = list[tuple[str, bool]]  # a text document as (text, trainable) segments
 
 
 @dataclass(frozen=True)
@@ -142,21 +143,49 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
 
 def _chat_text(turns: Sequence[tuple[str, str]], template: str = "vicuna_v1") -> str:
     """A conversation in the chat template's layout, image slots left out (so "USER:" etc. become tokens)."""
+    return doc_text(_chat_segments(turns, template))
+
+
+def _chat_segments(turns: Sequence[tuple[str, str]], template: str = "vicuna_v1") -> Doc:
+    """The same conversation as (text, trainable) segments: trainable = the assistant's answers."""
     flat = [Turn(role, text) for q, a in turns for role, text in (("user", q), ("assistant", a))]
-    return "".join(p.text for p in get_template(template).render(flat, add_generation_prompt=False))
+    return [(p.text, p.trainable) for p in get_template(template).render(flat, add_generation_prompt=False)]
 
 
-def text_corpus(scenes: Sequence[Scene], seed: int) -> list[str]:
-    """World text, one document per entry: captions, Q/A in both short and sentence form, descriptions,
-    and conversations in the chat layout."""
+def doc_text(doc: str | Doc) -> str:
+    """A corpus document as plain text (what the tokenizer trains on)."""
+    return doc if isinstance(doc, str) else "".join(text for text, _ in doc)
+
+
+def scene_text(scene: Scene) -> str:
+    """The scene written out in reading order, as the image's patch tokens lay it out ("top left: a small red
+    circle. center: a large blue square.")."""
+    return " ".join(f"{o.region}: {teacher.article(o.phrase())}." for o in scene.objects)
+
+
+def grounded_chat(scene: Scene, turns: Sequence[tuple[str, str]]) -> Doc:
+    """A chat whose first user turn carries the scene as text where a real one carries the image. This is what
+    a text-only LLM (Vicuna) already knows how to do, answering from context, and what LLaVA's two stages
+    then transfer to image tokens; a base model that never saw it cannot answer even from a written scene."""
+    if not turns:
+        return []
+    first = (f"{scene_text(scene)}\n{turns[0][0]}", turns[0][1])
+    return _chat_segments([first, *turns[1:]])
+
+
+def text_corpus(scenes: Sequence[Scene], seed: int) -> list[str | Doc]:
+    """World text for the tokenizer and the base LLaMA, one document per entry. Per scene: a chat of short
+    questions and one of the paper's response types (conversation, detail, complex reasoning), both grounded
+    in the scene written out (`grounded_chat`), and a caption. Questions never come without their scene:
+    ungrounded Q/A would teach the model to answer from priors, which is the habit LLaVA must not have.
+
+    Plain strings are trained on every token; chats are `Doc` segments, trained on the answers only (as
+    Vicuna's chat tuning and LLaVA's stage 2 are). A few-token answer in a 150-token chat would otherwise be
+    a rounding error in the loss, and answering from context is the skill the model most needs."""
     rng = random.Random(f"demo-text:{seed}")
-    docs = [VICUNA_SYSTEM, SHORT_ANSWER, *DETAIL_REQUESTS]
+    docs: list[str | Doc] = [VICUNA_SYSTEM, SHORT_ANSWER, *DETAIL_REQUESTS]
     for scene in scenes:
-        docs.append(_chat_text(_vqa_turns(scene, rng, 3)))
-        docs.extend(teacher.captions(scene, rng, 2))
-        qas = eval_items(scene, rng)
-        docs.append(" ".join(f"{qa.question} {qa.answer}." for qa in qas))
-        docs.append(" ".join(f"{qa.question} {qa.sentence}" for qa in qas))
-        for q, a in _teacher_turns(scene, rng.choice(RTYPES), rng):
-            docs.append(f"{q} {a}" if q else a)
-    return docs
+        docs.append(grounded_chat(scene, _vqa_turns(scene, rng, rng.randint(3, 6))))
+        docs.append(grounded_chat(scene, _teacher_turns(scene, rng.choice(RTYPES), rng)))
+        docs.extend(teacher.captions(scene, rng, 1))
+    return [d for d in docs if d]

@@ -6,8 +6,9 @@ writes an HF model directory (`config.json`, `model.safetensors`, the tokenizer 
 `tokenizer_dir`) that the LLaVA training configs name as their language model. Returns a small report
 (steps, final loss, seconds).
 
-Documents are packed greedily into rows of `seq_len` tokens (padding only at the row ends, masked with -100),
-so short captions cost no padding compute.
+A document is a string (trained on every token) or a list of `(text, trainable)` segments (a chat: trained
+only on the trainable ones, the answers). Documents are packed greedily into rows of `seq_len` tokens
+(padding only at the row ends, masked with -100), so short captions cost no padding compute.
 """
 
 from __future__ import annotations
@@ -51,29 +52,50 @@ class LMConfig:
             raise ValueError("steps and batch_size must be positive and seq_len > 8")
 
 
-def pack_documents(docs: Sequence[Sequence[int]], seq_len: int, pad_id: int) -> tuple[Any, Any]:
-    """Greedy packing: whole documents into rows of `seq_len`; returns (input_ids, labels) int64 (N, seq_len).
+def pack_documents(docs: Sequence[tuple[Sequence[int], Sequence[bool]]], seq_len: int,
+                   pad_id: int) -> tuple[Any, Any]:
+    """Greedy packing of (token ids, trained?) documents into rows of `seq_len`; returns (input_ids, labels),
+    int64 (N, seq_len), labels -100 where a token is not trained on.
 
     Documents longer than a row are cut. A row's tail is padding with label -100.
     """
     import torch
 
-    rows: list[list[int]] = []
-    cur: list[int] = []
-    for doc in docs:
-        doc = list(doc)[:seq_len]
-        if len(cur) + len(doc) > seq_len:
-            rows.append(cur)
-            cur = []
-        cur += doc
-    if cur:
-        rows.append(cur)
+    rows: list[tuple[list[int], list[int]]] = []
+    cur_ids: list[int] = []
+    cur_labels: list[int] = []
+    for doc_ids, trained in docs:
+        doc_ids, trained = list(doc_ids)[:seq_len], list(trained)[:seq_len]
+        if len(cur_ids) + len(doc_ids) > seq_len:
+            rows.append((cur_ids, cur_labels))
+            cur_ids, cur_labels = [], []
+        cur_ids += doc_ids
+        cur_labels += [t if keep else IGNORE_INDEX for t, keep in zip(doc_ids, trained)]
+    if cur_ids:
+        rows.append((cur_ids, cur_labels))
     ids = torch.full((len(rows), seq_len), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), seq_len), IGNORE_INDEX, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        labels[i, : len(row)] = torch.tensor(row)
+    for i, (row_ids, row_labels) in enumerate(rows):
+        ids[i, : len(row_ids)] = torch.tensor(row_ids)
+        labels[i, : len(row_labels)] = torch.tensor(row_labels)
     return ids, labels
+
+
+def tokenize_document(doc: str | Sequence[Sequence[Any]], tok: Any) -> tuple[list[int], list[bool]]:
+    """BOS + the document's tokens + EOS, and which of them are trained on.
+
+    Segments are tokenized one by one, as `training.dataset` tokenizes template pieces, so an answer's tokens
+    are the same here as in LLaVA's stage 2."""
+    segments = [(doc, True)] if isinstance(doc, str) else [(str(t), bool(k)) for t, k in doc]
+    ids, trained = [tok.bos_token_id], [False]
+    for text, keep in segments:
+        piece = tok(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        trained += [keep] * len(piece)
+    if isinstance(doc, str):  # a plain text ends with EOS; a chat's answers already end with </s>
+        ids.append(tok.eos_token_id)
+        trained.append(True)
+    return ids, trained
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
@@ -97,7 +119,8 @@ def shuffled_batches(n: int, batch_size: int, gen: Any) -> Iterator[Any]:
         pos += batch_size
 
 
-def pretrain_lm(texts: Sequence[str], tokenizer_dir: str | Path, out_dir: str | Path, cfg: LMConfig) -> dict[str, Any]:
+def pretrain_lm(texts: Sequence[str | Sequence[Sequence[Any]]], tokenizer_dir: str | Path, out_dir: str | Path,
+                cfg: LMConfig) -> dict[str, Any]:
     """Train the base LLaMA on `texts` and save it as an HF directory with the tokenizer; return a report."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -109,8 +132,8 @@ def pretrain_lm(texts: Sequence[str], tokenizer_dir: str | Path, out_dir: str | 
     # Tokenize only what the schedule can read (about one pass): steps × batch rows of seq_len tokens.
     budget, docs, n_tok = cfg.steps * cfg.batch_size * cfg.seq_len, [], 0
     for t in texts:
-        docs.append([tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"], tok.eos_token_id])
-        n_tok += len(docs[-1])
+        docs.append(tokenize_document(t, tok))
+        n_tok += len(docs[-1][0])
         if n_tok >= budget:
             break
     ids, labels = pack_documents(docs, cfg.seq_len, pad_id=tok.unk_token_id)
