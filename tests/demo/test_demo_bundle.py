@@ -2,9 +2,9 @@
 
 These run the real runtime (ONNX Runtime + llama.cpp through `llava_local.ChatSession`) on the bundle in
 `models/llava-local-tiny`. The accuracy thresholds sit a few points under what the shipped bundle scores on
-the fixed held-out seed (overall 48.8%, colour 75.9%, existence 90.0% at the time of writing; see
-docs/demo-model.md), so a broken bundle, runtime or preprocessing change fails them. They are far below the
-project's target (90% overall): the shipped model does not reach it yet.
+the fixed held-out seed (recipe 2: overall 58.1%, colour 69.0%, shape 75.9%, count 73.3%, existence 90.0% at the
+time of writing; see docs/demo-model.md), so a broken bundle, runtime or preprocessing change fails them. They
+are far below the project's target (90% overall): the shipped model does not reach it yet.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from training.demo.evaluate import evaluate_bundle
 
 HELD_OUT_SEED = 4242  # never used for training (the recipe trains on world 0)
 N_SCENES = 30
-MIN_OVERALL = 0.42
+MIN_OVERALL = 0.52
 # types where the shipped model is clearly above chance; the others are not gated (see docs/demo-model.md)
-MIN_PER_TYPE = {"colour": 0.65, "existence": 0.75}
+MIN_PER_TYPE = {"colour": 0.6, "shape": 0.65, "count": 0.6, "existence": 0.8}
 
 
 def test_bundle_is_small_complete_and_records_its_recipe(shipped):

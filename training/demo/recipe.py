@@ -8,8 +8,8 @@ equivalent model (bit-identical only with the same torch build and thread count)
 Stages (`--from STAGE` restarts at a stage, reusing the work dir's earlier outputs):
 1. data       render `world.scenes` scenes of world `world.seed`; LLaVA JSON for stage 1 and stage 2
 2. tokenizer  SentencePiece with LLaMA's settings on the world's text (`training.tokenizer`)
-3. lm         pretrain a small LlamaForCausalLM on that text (`lm_pretrain`)
-4. clip       pretrain a small CLIP ViT contrastively on image–caption pairs (`clip_pretrain`)
+3. lm         pretrain a small LlamaForCausalLM on that text, chats grounded in written-out scenes (`lm_pretrain`)
+4. clip       pretrain a small CLIP ViT contrastively on image–caption and region–phrase pairs (`clip_pretrain`)
 5. stage1     LLaVA stage 1 through `training.trainer` (preset `demo-stage1`: projector only)
 6. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM)
 7. convert    `llava-local convert` → quantized GGUF + ONNX bundle
@@ -39,7 +39,7 @@ log = logging.getLogger("training.demo.recipe")
 
 RECIPE_YAML = Path(__file__).with_name("recipe.yaml")
 STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "stage2", "convert", "eval")
-RECIPE_ID = "llava-local-tiny/1"  # bump when the recipe changes what it trains
+RECIPE_ID = "llava-local-tiny/2"  # bump when the recipe changes what it trains
 
 
 @dataclass(frozen=True)
@@ -131,13 +131,16 @@ class Recipe:
         info["text_docs"] = len(texts)
         return info
 
-    def _texts(self) -> list[str]:
+    def _texts(self) -> list[Any]:
         return json.loads((self.data / "corpus.json").read_text(encoding="utf-8"))
 
     def stage_tokenizer(self) -> dict[str, Any]:
         from training.tokenizer import train_sentencepiece
 
-        out = train_sentencepiece(self._texts(), self.work / "tokenizer", vocab_size=self.cfg.vocab_size)
+        from .corpus import doc_text
+
+        texts = [doc_text(d) for d in self._texts()]
+        out = train_sentencepiece(texts, self.work / "tokenizer", vocab_size=self.cfg.vocab_size)
         return {"vocab_size": self.cfg.vocab_size, "dir": str(out)}
 
     def stage_lm(self) -> dict[str, Any]:
@@ -157,7 +160,12 @@ class Recipe:
         pp = PreprocessConfig(mode="pad", size=self.cfg.image_size)
         pixels = torch.from_numpy(np.stack([to_pixels(load_image(self.data / r["image"]), pp) for r in records]))
         captions = [r["conversations"][1]["value"] for r in records]
-        return pretrain_clip(pixels, captions, self.work / "tokenizer", self.work / "base-clip", self.cfg.clip)
+        scenes = {s.key: s for s in self._scenes()}
+        # region–phrase pairs: every object's box with its entry in the written scene ("top left: small red circle")
+        regions = [[(f"{o.region}: {o.phrase()}", o.box) for o in scenes[r["id"].split("-")[0]].objects]
+                   for r in records]
+        return pretrain_clip(pixels, captions, self.work / "tokenizer", self.work / "base-clip", self.cfg.clip,
+                             regions=regions)
 
     def _train(self, preset: str, stage: str, extra: list[str]) -> dict[str, Any]:
         from training.config import load_config
