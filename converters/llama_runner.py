@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llava_local.engine import token_piece
 from llava_local.errors import ConversionError
 
 
@@ -116,12 +117,7 @@ class LlamaRunner:
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token as the runtime renders it (control tokens are empty; may be half a character)."""
-        buf = ctypes.create_string_buffer(64)
-        n = self._l.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = self._l.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
-        return buf.raw[:n]
+        return token_piece(self._l, self.vocab, token)
 
     def is_eog(self, token: int) -> bool:
         return bool(self._l.llama_vocab_is_eog(self.vocab, token))

@@ -44,6 +44,16 @@ def _llama():
     return llama_cpp
 
 
+def token_piece(llama_cpp, vocab, token: int) -> bytes:
+    """The bytes llama.cpp renders for `token` of `vocab` (control tokens: nothing; may be half a character)."""
+    buf = ctypes.create_string_buffer(64)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, 64, 0, False)
+    if n < 0:  # the piece needs -n bytes
+        buf = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, -n, 0, False)
+    return buf.raw[:n]
+
+
 def gpu_offload_supported() -> bool:
     """Whether this llama.cpp build has a GPU backend (CUDA, Metal, ...)."""
     return bool(_llama().llama_supports_gpu_offload())
@@ -166,12 +176,7 @@ class Engine:
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token (control tokens render as nothing; may be part of a UTF-8 character)."""
-        buf = ctypes.create_string_buffer(64)
-        n = self._ll.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = self._ll.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
-        return buf.raw[:n]
+        return token_piece(self._ll, self._vocab, token)
 
     def is_eog(self, token: int) -> bool:
         return bool(self._ll.llama_vocab_is_eog(self._vocab, token))
