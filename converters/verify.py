@@ -171,17 +171,9 @@ def verify(
             agree_ties = [top1_outside_ties(got, want, tie_tolerance(max_abs, gates)) for got, want in pairs]
             _clear(run)
             run.pos = 0
-            run.decode_tokens(hf_chunks[0])
-            run.decode_embeddings(rows)
-            logits = run.decode_tokens(hf_chunks[1])
-            answer, steps = [], []
-            for _ in range(n_tokens):
-                logits = _masked(logits, run.eos)  # as min_new_tokens does on the torch side
-                steps.append(logits)
-                nxt = int(logits.argmax())
-                answer.append(nxt)
-                logits = run.decode_tokens([nxt])
-        div = divergence(answer, torch_answer, torch_steps, np.stack(steps), tie_tolerance(max_abs, gates))
+            # EOS suppressed, as min_new_tokens does on the torch side
+            answer, steps = _greedy_answer(run, hf_chunks, rows, n_tokens, suppress_eos=True)
+        div = divergence(answer, torch_answer, torch_steps, steps, tie_tolerance(max_abs, gates))
         match = div["position"] if div else n_tokens
         report["llm"][quant] = {"prompt_ids_equal": ids_equal, "text_prompt_ids_equal": text_ids_equal,
                                 "top1_agreement": float(np.mean(agree)),
@@ -327,18 +319,28 @@ def _greedy(gguf: Path, quant: str, chunks: list[list[int]], rows: np.ndarray, m
     """The bundle's greedy answer to chunk 0 + image rows + chunk 1, stopping after EOS (which it includes), the
     logits each token was chosen from (n, V), and the runtime's text of each of `others` and then of the answer."""
     with LlamaRunner(gguf, n_ctx=len(chunks[0]) + len(rows) + len(chunks[1]) + max_tokens + 8, quant=quant) as run:
-        run.decode_tokens(chunks[0])
-        run.decode_embeddings(rows)
-        logits = run.decode_tokens(chunks[1])
-        out, steps = [], []
-        for _ in range(max_tokens):
-            steps.append(logits)
-            out.append(int(logits.argmax()))
-            if run.is_eog(out[-1]):
-                break
-            logits = run.decode_tokens([out[-1]])
+        out, steps = _greedy_answer(run, chunks, rows, max_tokens, suppress_eos=False)
         texts = [render(run, seq, stops) for seq in [*others, out]]
-    return out, np.stack(steps), texts
+    return out, steps, texts
+
+
+def _greedy_answer(run: LlamaRunner, chunks: list[list[int]], rows: np.ndarray, max_tokens: int,
+                   suppress_eos: bool) -> tuple[list[int], np.ndarray]:
+    """Greedy tokens after chunk 0 + image rows + chunk 1, and the logits each was chosen from (n, V). With
+    `suppress_eos` EOS is masked and exactly `max_tokens` come out; otherwise it stops after an end token."""
+    run.decode_tokens(chunks[0])
+    run.decode_embeddings(rows)
+    logits = run.decode_tokens(chunks[1])
+    out, steps = [], []
+    for i in range(max_tokens):
+        if suppress_eos:
+            logits = _masked(logits, run.eos)
+        steps.append(logits)
+        out.append(int(logits.argmax()))
+        if i == max_tokens - 1 or (not suppress_eos and run.is_eog(out[-1])):
+            break
+        logits = run.decode_tokens([out[-1]])
+    return out, np.stack(steps)
 
 
 def render(run: LlamaRunner, tokens: list[int], stops: tuple[str, ...] = ()) -> str:
