@@ -29,10 +29,7 @@ HANGUP_EXIT = 128 + signal.SIGHUP
 
 def terminal_alive(fd: int) -> bool:
     """True while `fd` is a terminal that has not been hung up (a hung-up tty is no longer a tty)."""
-    try:
-        return os.isatty(fd)
-    except OSError:
-        return False
+    return os.isatty(fd)  # False, never an error, for a closed or non-tty fd
 
 
 def _silence_std_streams() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import DEVICES, GenerationConfig, RuntimeConfig
 from ..errors import ImageError, LlavaLocalError, UsageError
+from ..manifest import VISION_DTYPES
 
 # Sampling flags: (name, type, help). They map 1:1 onto GenerationConfig fields.
 GEN_FLAGS: tuple[tuple[str, type, str], ...] = (
@@ -37,7 +38,7 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bundle directory or installed model name (default: $LLAVA_LOCAL_MODEL, 'default', demo)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where to run (default: auto)")
     parser.add_argument("--quant", default=None, help="which GGUF of the bundle, e.g. q4_k_m (default: the bundle's)")
-    parser.add_argument("--vision-dtype", dest="vision_dtype", choices=("fp32", "fp16", "int8"), default=None,
+    parser.add_argument("--vision-dtype", dest="vision_dtype", choices=VISION_DTYPES, default=None,
                         help="which vision graph of the bundle (default: the bundle's; int8 is ~3x faster on CPU)")
     parser.add_argument("--n-ctx", dest="n_ctx", type=int, default=None,
                         help="context size in tokens (default: the bundle's context length)")

@@ -141,13 +141,9 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
             "stage2_turns": sum(len(r["conversations"]) // 2 for r in stage2)}
 
 
-def _chat_text(turns: Sequence[tuple[str, str]], template: str = "vicuna_v1") -> str:
-    """A conversation in the chat template's layout, image slots left out (so "USER:" etc. become tokens)."""
-    return doc_text(_chat_segments(turns, template))
-
-
 def _chat_segments(turns: Sequence[tuple[str, str]], template: str = "vicuna_v1") -> Doc:
-    """The same conversation as (text, trainable) segments: trainable = the assistant's answers."""
+    """A conversation in the chat template's layout, image slots left out (so "USER:" etc. become tokens), as
+    (text, trainable) segments: trainable = the assistant's answers."""
     flat = [Turn(role, text) for q, a in turns for role, text in (("user", q), ("assistant", a))]
     return [(p.text, p.trainable) for p in get_template(template).render(flat, add_generation_prompt=False)]
 
