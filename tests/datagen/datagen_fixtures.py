@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tiny_gguf import Vocab, write_llama_gguf
 
 from training.datagen.prompts import SYSTEM
 
@@ -171,8 +172,6 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 
 def build_tiny_gguf(out_dir: Path, chat_template: str = CHATML) -> Path:
     """A random LLaMA (2 layers, 64 wide, GQA 4/2) with a 400-piece SentencePiece BPE vocabulary."""
-    import gguf
-    import numpy as np
     import sentencepiece as spm
 
     from training.datagen.prompts import EXAMPLES
@@ -186,59 +185,13 @@ def build_tiny_gguf(out_dir: Path, chat_template: str = CHATML) -> Path:
         character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, normalization_rule_name="identity",
         remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True, minloglevel=2)
     sp = spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
-    n_vocab, d, n_head, n_kv, ff, n_layer = sp.vocab_size(), 64, 4, 2, 128, 2
     tokens, scores, types = [], [], []
-    for i in range(n_vocab):
+    for i in range(sp.vocab_size()):
         tokens.append(sp.id_to_piece(i))
         scores.append(float(sp.get_score(i)))
         types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1)
-    path = out_dir / "tiny.gguf"
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("tiny-datagen-test")
-    w.add_context_length(4096)
-    w.add_embedding_length(d)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_rope_dimension_count(d // n_head)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(0)
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    w.add_chat_template(chat_template)
-    rng = np.random.default_rng(0)
-
-    def t(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
-
-    w.add_tensor("token_embd.weight", t(n_vocab, d))
-    kv = d // n_head * n_kv
-    for i in range(n_layer):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(d, np.float32))
-        w.add_tensor(f"blk.{i}.attn_q.weight", t(d, d))
-        w.add_tensor(f"blk.{i}.attn_k.weight", t(kv, d))
-        w.add_tensor(f"blk.{i}.attn_v.weight", t(kv, d))
-        w.add_tensor(f"blk.{i}.attn_output.weight", t(d, d))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(d, np.float32))
-        w.add_tensor(f"blk.{i}.ffn_gate.weight", t(ff, d))
-        w.add_tensor(f"blk.{i}.ffn_up.weight", t(ff, d))
-        w.add_tensor(f"blk.{i}.ffn_down.weight", t(d, ff))
-    w.add_tensor("output_norm.weight", np.ones(d, np.float32))
-    w.add_tensor("output.weight", t(n_vocab, d))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_llama_gguf(out_dir / "tiny.gguf", Vocab(tokens, scores, types), name="tiny-datagen-test", ctx=4096,
+                            weight_std=0.05, chat_template=chat_template)
 
 
 @pytest.fixture(scope="session")

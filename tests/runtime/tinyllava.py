@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tiny_gguf import Vocab, write_llama_gguf
 
 from llava_local.manifest import LLMSpec, Manifest, VisionSpec, file_entry, write_manifest
 from llava_local.preprocess import PreprocessConfig
@@ -45,60 +46,11 @@ def vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def write_gguf(path: Path, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 4, n_kv: int = 2, n_ff: int = 128,
-               ctx: int = 512, seed: int = 0) -> int:
-    """A random LLaMA GGUF (F32). Returns n_vocab."""
-    import gguf
-
+def write_gguf(path: Path, *, n_embd: int = 64, ctx: int = 512, seed: int = 0) -> int:
+    """A random LLaMA GGUF (F32, 2 layers, GQA 4/2) over `vocab()`. Returns n_vocab."""
     tokens, scores, types = vocab()
-    n_vocab = len(tokens)
-    rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), arch="llama", use_temp_file=False)
-    w.add_name("tinyllava-test")
-    w.add_context_length(ctx)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_rope_dimension_count(n_embd // n_head)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(0)
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-
-    def t(name: str, *shape: int, scale: float | None = None) -> None:
-        s = scale if scale is not None else 1.0 / np.sqrt(shape[-1])
-        w.add_tensor(name, (rng.standard_normal(shape) * s).astype(np.float32))
-
-    hd = n_embd // n_head
-    t("token_embd.weight", n_vocab, n_embd, scale=1.0)
-    for i in range(n_layer):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, np.float32))
-        t(f"blk.{i}.attn_q.weight", n_embd, n_embd)
-        t(f"blk.{i}.attn_k.weight", n_kv * hd, n_embd)
-        t(f"blk.{i}.attn_v.weight", n_kv * hd, n_embd)
-        t(f"blk.{i}.attn_output.weight", n_embd, n_embd)
-        t(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
-        t(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
-        t(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
-    w.add_tensor("output_norm.weight", np.ones(n_embd, np.float32))
-    # A large output scale makes the logits peaky, so greedy answers do not hinge on 1e-6 differences.
-    t("output.weight", n_vocab, n_embd, scale=4.0 / np.sqrt(n_embd))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return n_vocab
+    write_llama_gguf(path, Vocab(tokens, scores, types), name="tinyllava-test", n_embd=n_embd, ctx=ctx, seed=seed)
+    return len(tokens)
 
 
 def write_vision_onnx(path: Path, *, image_size: int = 32, patch: int = 8, width: int = 48, out_dim: int = 64,
