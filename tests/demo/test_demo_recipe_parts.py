@@ -92,7 +92,7 @@ def test_clip_pretrain_writes_a_loadable_vision_tower(toy, tmp_path):
     pp = PreprocessConfig(size=32)
     pixels = torch.from_numpy(np.stack([to_pixels(load_image(root / "data" / r["image"]), pp) for r in recs]))
     cfg = ClipConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
-                     text_hidden_size=32, projection_dim=16, batch_size=8, steps=2, warmup=1)
+                     text_hidden_size=32, projection_dim=16, batch_size=8, steps=2, warmup=1, position_init_std=1.0)
     scenes = {s.key: s for s in make_scenes(0, 40)}
     regions = [[(o.phrase(), o.box) for o in scenes[r["id"].split("-")[0]].objects] for r in recs]
     report = pretrain_clip(pixels, [r["conversations"][1]["value"] for r in recs], tok_dir, tmp_path / "clip", cfg,
@@ -102,6 +102,8 @@ def test_clip_pretrain_writes_a_loadable_vision_tower(toy, tmp_path):
     tower = CLIPVisionModel.from_pretrained(str(tmp_path / "clip"))
     out = tower(pixels[:2], output_hidden_states=True)
     assert out.hidden_states[-2].shape == (2, 1 + 16, 32)
+    # the position embeddings start at the configured scale (CLIP's own init would give std 0.02)
+    assert 0.8 < tower.embeddings.position_embedding.weight.std().item() < 1.2
 
 
 def test_box_weights_cover_exactly_the_patches_under_the_box():
@@ -146,3 +148,40 @@ def test_grounded_chats_put_the_scene_where_the_image_goes():
     assert plain.startswith(VICUNA_SYSTEM) and f"USER: {text}\n" in plain and plain.count("ASSISTANT:") == 4
     answers = [t for t, trained in chat if trained]  # only the answers are trained on, each ending in </s>
     assert len(answers) == 4 and all(a.endswith("</s>") and text not in a for a in answers)
+
+
+def test_vqa_weights_steer_the_question_mix_and_layout_turns_write_the_scene_out():
+    import random
+
+    from training.datagen.world import make_scene
+    from training.demo.corpus import LAYOUT_REQUESTS, DataMix, _vqa_turns, scene_text
+
+    def kinds(weights):
+        rng, out = random.Random(0), []
+        for i in range(300):
+            scene = make_scene(0, i)
+            for q, a in _vqa_turns(scene, rng, 5, weights):
+                kind = "layout" if q in LAYOUT_REQUESTS else "position" if q.startswith(("Where", "In which")) else "x"
+                out.append(kind)
+                if kind == "layout":
+                    assert a == scene_text(scene)
+        return out
+
+    even, heavy = kinds(None), kinds({"position": 3, "layout": 1})
+    assert "layout" not in even and heavy.count("layout") > 100
+    assert heavy.count("position") / len(heavy) > 1.8 * even.count("position") / len(even)
+    with pytest.raises(ValueError, match="unknown kind 'where'"):
+        DataMix(vqa_weights={"where": 2})
+
+
+def test_layout_captions_add_a_stage1_record_per_scene_with_every_region(tmp_path):
+    from training.demo.corpus import DataMix, build_dataset, make_scenes
+
+    scenes = make_scenes(0, 6)
+    info = build_dataset(tmp_path, scenes, 32, seed=0, mix=DataMix(layout_captions=1.0))
+    recs = json.loads((tmp_path / "stage1.json").read_text())
+    assert info["stage1"] == 12
+    layout = {r["id"].split("-")[0]: r["conversations"][1]["value"] for r in recs if "-layout" in r["id"]}
+    for s in scenes:
+        regions = [p.split(": ")[0] for p in layout[s.key].rstrip(".").split(". ")]
+        assert regions == [o.region for o in s.objects]

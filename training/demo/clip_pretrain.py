@@ -46,6 +46,9 @@ class ClipConfig:
     weight_decay: float = 0.1
     region_weight: float = 1.0  # weight of the region–phrase term (0: whole-image captions only)
     region_max_len: int = 8  # phrase tokens
+    # std of the initial position embeddings. CLIP's 0.02 is tiny next to a patch embedding (~1): within a few
+    # hundred steps they never grow enough for a token to know its place (see docs/demo-model.md).
+    position_init_std: float = 0.02
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -124,6 +127,8 @@ def pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Pat
                 num_hidden_layers=cfg.text_layers, num_attention_heads=4, max_position_embeddings=cfg.text_max_len,
                 bos_token_id=tok.bos_token_id, eos_token_id=len(tok), pad_token_id=tok.unk_token_id)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim))
+    with torch.no_grad():
+        model.vision_model.embeddings.position_embedding.weight.normal_(0.0, cfg.position_init_std)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(cfg.seed)
     batches, losses, accs, reg_accs = shuffled_batches(n, cfg.batch_size, gen), [], [], []

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ from training.datagen.world import Scene, make_scene
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA instruction
 QTYPES: tuple[str, ...] = teacher.QTYPES  # colour shape count position relation existence description
+VQA_KINDS: tuple[str, ...] = (*QTYPES, "layout")
+# "layout" turns ask where every shape is; the answer is the scene written out, region by region
+LAYOUT_REQUESTS = ("Where is each shape?", "Where are the shapes in the image?", "List the shapes and where they are.")
 Doc = list[tuple[str, bool]]  # a text document as (text, trainable) segments
 
 
@@ -42,9 +45,18 @@ class DataMix:
 
     vqa: float = 1.0  # multi-turn short-answer records
     vqa_turns: tuple[int, int] = (3, 8)  # questions per VQA record (min, max)
+    # how often each question kind comes up in a VQA record, relative to 1 for kinds not named; kinds are
+    # QTYPES plus "layout" (where is each shape: the written-out scene, `LAYOUT_REQUESTS`)
+    vqa_weights: dict[str, int] = field(default_factory=dict)
+    layout_captions: float = 0.0  # stage-1 records per scene whose caption is the written-out scene
     conversation: float = 0.25
     detail: float = 0.1
     complex_reasoning: float = 0.1
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.vqa_weights) - set(VQA_KINDS))
+        if bad:
+            raise ValueError(f"vqa_weights: unknown kind {bad[0]!r}; known: {', '.join(VQA_KINDS)}")
 
 
 def make_scenes(seed: int, n: int, start: int = 0) -> list[Scene]:
@@ -62,17 +74,27 @@ def eval_items(scene: Scene, rng: random.Random, qtypes: Sequence[str] = QTYPES)
     return [qa for t in qtypes if (qa := teacher.sample_qa(scene, rng, t)) is not None]
 
 
-def _vqa_turns(scene: Scene, rng: random.Random, k: int) -> list[tuple[str, str]]:
-    """`k` short-answer turns with types spread evenly, no question asked twice."""
-    types = list(QTYPES) * (k // len(QTYPES) + 1)
-    rng.shuffle(types)
+def _vqa_turn(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str] | None:
+    if kind == "layout":
+        return rng.choice(LAYOUT_REQUESTS), scene_text(scene)
+    qa = teacher.sample_qa(scene, rng, kind)
+    return None if qa is None else (prompt_of(qa), qa.answer)
+
+
+def _vqa_turns(scene: Scene, rng: random.Random, k: int,
+               weights: Mapping[str, int] | None = None) -> list[tuple[str, str]]:
+    """`k` turns, kinds spread in proportion to `weights` (default: the QTYPES evenly), no question twice."""
+    weights = {t: 1 for t in QTYPES} if weights is None else {t: 1 for t in QTYPES} | dict(weights)
+    kinds = [t for t in VQA_KINDS for _ in range(weights.get(t, 0))]
+    kinds = kinds * (k // len(kinds) + 1)
+    rng.shuffle(kinds)
     turns, seen = [], set()
-    for t in types:
-        qa = teacher.sample_qa(scene, rng, t)
-        if qa is None or qa.question in seen:
+    for t in kinds:
+        turn = _vqa_turn(scene, rng, t)
+        if turn is None or turn[0] in seen:
             continue
-        seen.add(qa.question)
-        turns.append((prompt_of(qa), qa.answer))
+        seen.add(turn[0])
+        turns.append(turn)
         if len(turns) == k:
             break
     return turns
@@ -105,7 +127,7 @@ def _count(rate: float, rng: random.Random) -> int:
 def stage2_records(scene: Scene, image: str, rng: random.Random, mix: DataMix) -> Iterator[dict[str, Any]]:
     """The stage-2 records of one scene, in the data mix's proportions."""
     for i in range(_count(mix.vqa, rng)):
-        turns = _vqa_turns(scene, rng, rng.randint(*mix.vqa_turns))
+        turns = _vqa_turns(scene, rng, rng.randint(*mix.vqa_turns), mix.vqa_weights)
         if turns:
             yield _record(f"{scene.key}-vqa{i}", image, turns)
     for rtype in RTYPES:  # the paper's three response types
@@ -129,6 +151,8 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
             render(scene, image_size).save(path, optimize=False, compress_level=1)
         caption = teacher.captions(scene, rng, 1)[0]
         stage1.append(_record(f"{scene.key}-cap", name, [(rng.choice(teacher.ASK["description"]), caption)]))
+        for i in range(_count(mix.layout_captions, rng)):  # align each image token with its region words too
+            stage1.append(_record(f"{scene.key}-layout{i}", name, [(rng.choice(LAYOUT_REQUESTS), scene_text(scene))]))
         stage2.extend(stage2_records(scene, name, rng, mix))
     rng.shuffle(stage2)
     for fname, recs in (("stage1.json", stage1), ("stage2.json", stage2)):
@@ -169,7 +193,7 @@ def grounded_chat(scene: Scene, turns: Sequence[tuple[str, str]]) -> Doc:
     return _chat_segments([first, *turns[1:]])
 
 
-def text_corpus(scenes: Sequence[Scene], seed: int) -> list[str | Doc]:
+def text_corpus(scenes: Sequence[Scene], seed: int, mix: DataMix = DataMix()) -> list[str | Doc]:
     """World text for the tokenizer and the base LLaMA, one document per entry. Per scene: a chat of short
     questions and one of the paper's response types (conversation, detail, complex reasoning), both grounded
     in the scene written out (`grounded_chat`), and a caption. Questions never come without their scene:
@@ -181,7 +205,9 @@ def text_corpus(scenes: Sequence[Scene], seed: int) -> list[str | Doc]:
     rng = random.Random(f"demo-text:{seed}")
     docs: list[str | Doc] = [VICUNA_SYSTEM, SHORT_ANSWER, *DETAIL_REQUESTS]
     for scene in scenes:
-        docs.append(grounded_chat(scene, _vqa_turns(scene, rng, rng.randint(3, 6))))
+        docs.append(grounded_chat(scene, _vqa_turns(scene, rng, rng.randint(3, 6), mix.vqa_weights)))
         docs.append(grounded_chat(scene, _teacher_turns(scene, rng.choice(RTYPES), rng)))
         docs.extend(teacher.captions(scene, rng, 1))
+        if mix.layout_captions:  # so the frozen LLM of stage 1 can write the layout captions it is aligned on
+            docs.append(scene_text(scene))
     return [d for d in docs if d]

@@ -39,7 +39,7 @@ log = logging.getLogger("training.demo.recipe")
 
 RECIPE_YAML = Path(__file__).with_name("recipe.yaml")
 STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "stage2", "convert", "eval")
-RECIPE_ID = "llava-local-tiny/2"  # bump when the recipe changes what it trains
+RECIPE_ID = "llava-local-tiny/3"  # bump when the recipe changes what it trains
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class Recipe:
 
         scenes = self._scenes()
         info = build_dataset(self.data, scenes, self.cfg.image_size, self.cfg.world_seed, self.cfg.mix)
-        texts = text_corpus(scenes, self.cfg.world_seed)
+        texts = text_corpus(scenes, self.cfg.world_seed, self.cfg.mix)
         (self.data / "corpus.json").write_text(json.dumps(texts), encoding="utf-8")
         info["text_docs"] = len(texts)
         return info
