@@ -5,11 +5,14 @@ Contract (all deterministic in the world seed):
 - `eval_items(scene, rng)` → one teacher question per evaluation type (`QTYPES`) with its canonical answer,
   and `prompt_of(qa)` the user text the model sees (short-answer types get LLaVA-1.5's VQA suffix).
 - `build_dataset(out_dir, scenes, image_size, seed, mix)` renders the images and writes
-  `stage1.json` (image + caption, for the `plain` template) and `stage2.json` (the paper's mix —
-  conversation / detail / complex_reasoning from the rule-based teacher — plus multi-turn short-answer VQA
-  turns for the evaluation types), both LLaVA JSON with paths relative to `out_dir`.
-- `text_corpus(scenes, seed)` → world text for the tokenizer and the base LLaMA: captions, and chats about a
-  scene written out in words (where LLaVA puts the image), as `(text, trainable)` segments.
+  `stage1.json` (image + caption, for the `plain` template; with `mix.layout_captions`, also image + the scene
+  written out region by region) and `stage2.json` (the paper's mix — conversation / detail /
+  complex_reasoning from the rule-based teacher — plus multi-turn VQA turns for the evaluation types, in the
+  proportions of `mix.vqa_weights`, and "Where is each shape?" layout turns), both LLaVA JSON with paths
+  relative to `out_dir`.
+- `text_corpus(scenes, seed, mix)` → world text for the tokenizer and the base LLaMA: captions, written-out
+  scenes (with `mix.layout_captions`), and chats about a scene written out in words (where LLaVA puts the
+  image), as `(text, trainable)` segments.
 
 Short answers are what the eval checks, so they follow the teacher's canonical forms exactly ("red",
 "circle", "2", "top left", "yes"); the suffix tells the model when a short answer is wanted, as in LLaVA-1.5.
