@@ -134,15 +134,13 @@ def test_grounded_chats_put_the_scene_where_the_image_goes():
 
     from llava_local.templates import VICUNA_SYSTEM
     from training.datagen.world import make_scene
-    from training.demo.corpus import grounded_chat, scene_text
+    from training.demo.corpus import _vqa_turns, doc_text, grounded_chat, scene_text
 
     scene = make_scene(0, 3)
     text = scene_text(scene)
     # every object, in reading order (the patch tokens' order), with its region
     assert [p.split(": ")[0] for p in text.rstrip(".").split(". ")] == [o.region for o in scene.objects]
     assert all(o.phrase() in text for o in scene.objects)
-    from training.demo.corpus import _vqa_turns, doc_text
-
     chat = grounded_chat(scene, _vqa_turns(scene, random.Random(0), 4))
     plain = doc_text(chat)
     assert plain.startswith(VICUNA_SYSTEM) and f"USER: {text}\n" in plain and plain.count("ASSISTANT:") == 4

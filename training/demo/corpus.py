@@ -87,7 +87,7 @@ def _vqa_turn(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str] | 
 def _vqa_turns(scene: Scene, rng: random.Random, k: int,
                weights: Mapping[str, int] | None = None) -> list[tuple[str, str]]:
     """`k` turns, kinds spread in proportion to `weights` (default: the QTYPES evenly), no question twice."""
-    weights = {t: 1 for t in QTYPES} if weights is None else {t: 1 for t in QTYPES} | dict(weights)
+    weights = {t: 1 for t in QTYPES} | dict(weights or {})
     kinds = [t for t in VQA_KINDS for _ in range(weights.get(t, 0))]
     kinds = kinds * (k // len(kinds) + 1)
     rng.shuffle(kinds)
