@@ -67,6 +67,9 @@ class DataConfig:
     """Tokens per sample after image expansion; longer samples are truncated (and counted)."""
     group_by_length: bool = True
     """Batch samples of similar length together (less padding), as LLaVA's `group_by_modality_length`."""
+    length_group_steps: int = 1
+    """With `group_by_length`: sort the samples of this many consecutive optimizer steps together (1: only within
+    a global batch, as LLaVA). One process with one micro-batch per step needs > 1 to pad less."""
     num_workers: int = 0
     """DataLoader worker processes (0: load in the training process)."""
 
@@ -161,6 +164,7 @@ def _validate(c: TrainConfig) -> None:
         (d.image_size >= 0, "data.image_size must be >= 0 (0: the vision tower's size)"),
         (d.context_length > 0, "data.context_length must be > 0"),
         (d.num_workers >= 0, "data.num_workers must be >= 0"),
+        (d.length_group_steps >= 1, "data.length_group_steps must be >= 1"),
         (o.lr > 0 and o.projector_lr >= 0, "optim.lr must be > 0 and optim.projector_lr >= 0"),
         (0 <= o.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)"),
         (o.epochs > 0 and o.max_steps >= 0, "optim.epochs must be > 0 and optim.max_steps >= 0"),

@@ -8,10 +8,12 @@ Contract:
   every vision encoder layer, every LLM decoder layer, then the root (projector, embeddings, norm, lm_head).
   On GPU the MixedPrecisionPolicy computes in bf16 and reduces gradients in fp32 over fp32 sharded master
   weights. Nothing here is home-made distribution: the collectives are FSDP2's.
-- `micro_batches(lengths, seed, epoch, micro, accum, world, group_by_length)` is the data order: a seeded
-  permutation per epoch, cut into global batches (micro × accum × world samples, the remainder dropped);
+- `micro_batches(lengths, seed, epoch, micro, accum, world, group_by_length, group_steps)` is the data order: a
+  seeded permutation per epoch, cut into global batches (micro × accum × world samples, the remainder dropped);
   with `group_by_length` each global batch is sorted by length so neighbouring micro-batches (same accumulation
-  step on different ranks, consecutive steps on one rank) pad little. It is a pure function of its arguments,
+  step on different ranks, consecutive steps on one rank) pad little. With `group_steps` > 1 the sorting spans
+  that many steps, whose batches then come in a random order: on one process without accumulation that is
+  what cuts the padding (a global batch is one micro-batch). It is a pure function of its arguments,
   like DistributedSampler with a seed, so a resumed run replays exactly the same batches.
 """
 
@@ -89,15 +91,23 @@ def shard(model: nn.Module, dist: Dist, bf16: bool, reshard_after_forward: bool 
 
 
 def micro_batches(lengths: list[int], seed: int, epoch: int, micro: int, accum: int, world: int,
-                  group_by_length: bool) -> list[list[list[int]]]:
-    """steps[s][a * world + r] = sample indices of micro-batch `a` of rank `r` at step `s` of `epoch`."""
+                  group_by_length: bool, group_steps: int = 1) -> list[list[list[int]]]:
+    """steps[s][a * world + r] = sample indices of micro-batch `a` of rank `r` at step `s` of `epoch`.
+
+    With `group_by_length`, the samples of `group_steps` consecutive steps are sorted by length together and
+    dealt out into steps again, in a random order of steps; 1 sorts inside each global batch only."""
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)
     perm = torch.randperm(len(lengths), generator=g).tolist()
     per_step = micro * accum * world
+    n_steps = len(perm) // per_step
     steps = []
-    for s in range(len(perm) // per_step):
-        chunk = perm[s * per_step:(s + 1) * per_step]
+    for first in range(0, n_steps, max(1, group_steps)):
+        k = min(max(1, group_steps), n_steps - first)
+        block = perm[first * per_step:(first + k) * per_step]
         if group_by_length:
-            chunk = sorted(chunk, key=lambda i: -lengths[i])  # stable: ties keep the random order
-        steps.append([chunk[j * micro:(j + 1) * micro] for j in range(accum * world)])
+            block = sorted(block, key=lambda i: -lengths[i])  # stable: ties keep the random order
+        chunks = [block[j * per_step:(j + 1) * per_step] for j in range(k)]
+        if k > 1 and group_by_length:  # else every epoch would start with its longest samples
+            chunks = [chunks[j] for j in torch.randperm(k, generator=g).tolist()]
+        steps += [[chunk[j * micro:(j + 1) * micro] for j in range(accum * world)] for chunk in chunks]
     return steps

@@ -130,7 +130,7 @@ class Setup:
         while step < self.total_steps:
             epoch, s0 = divmod(step, self.steps_per_epoch)
             order = micro_batches(lengths, cfg.train.seed, epoch, cfg.optim.micro_batch_size, self.accum, d.world,
-                                  cfg.data.group_by_length)
+                                  cfg.data.group_by_length, cfg.data.length_group_steps)
             mine = [order[s][a * d.world + d.rank] for s in range(s0, len(order)) for a in range(self.accum)]
             loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=mine, num_workers=cfg.data.num_workers,

@@ -131,3 +131,25 @@ def test_data_order_is_deterministic_grouped_and_complete():
     for step in a:  # sorted by length inside each global batch
         lens = [lengths[i] for mb in step for i in mb]
         assert lens == sorted(lens, reverse=True)
+
+
+def test_length_groups_spanning_steps_pad_less_and_keep_every_sample_once():
+    """One process, one micro-batch per step: sorting inside a step changes nothing, so the grouping has to span
+    steps (`group_steps`) to cut padding; the steps of a group then come in a random order."""
+    lengths = [(i * 7919) % 500 + 20 for i in range(640)]
+    kw = dict(seed=1, epoch=0, micro=8, accum=1, world=1, group_by_length=True)
+    one, grouped = micro_batches(lengths, **kw), micro_batches(lengths, **kw, group_steps=16)
+    assert one == micro_batches(lengths, **kw, group_steps=1)  # the default: LLaVA's per-batch sorting
+
+    def padded(steps):  # tokens computed when every micro-batch is padded to its longest sample
+        return sum(len(mb) * max(lengths[i] for i in mb) for step in steps for mb in step)
+
+    flat = [i for step in grouped for mb in step for i in mb]
+    assert sorted(flat) == sorted(i for step in one for mb in step for i in mb) and len(set(flat)) == len(flat)
+    assert padded(grouped) < 0.75 * padded(one)
+    assert grouped == micro_batches(lengths, **kw, group_steps=16)  # deterministic, so a resume replays it
+    # the longest samples do not always come first: the order of a group's steps is shuffled
+    firsts = [max(lengths[i] for i in step[0]) for step in grouped[:16]]
+    assert firsts != sorted(firsts, reverse=True)
+    ungrouped = micro_batches(lengths, **{**kw, "group_by_length": False}, group_steps=16)
+    assert ungrouped == micro_batches(lengths, **{**kw, "group_by_length": False})  # no grouping, no effect
