@@ -85,25 +85,45 @@ def test_clip_pretrain_writes_a_loadable_vision_tower(toy, tmp_path):
 
     from llava_local.preprocess import PreprocessConfig, load_image, to_pixels
     from training.demo.clip_pretrain import ClipConfig, pretrain_clip
-    from training.demo.corpus import make_scenes
+    from training.demo.corpus import make_scenes, region_phrases
 
     root, _, _, tok_dir = toy
     recs = json.loads((root / "data" / "stage1.json").read_text())
     pp = PreprocessConfig(size=32)
     pixels = torch.from_numpy(np.stack([to_pixels(load_image(root / "data" / r["image"]), pp) for r in recs]))
     cfg = ClipConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
-                     text_hidden_size=32, projection_dim=16, batch_size=8, steps=2, warmup=1, position_init_std=1.0)
+                     text_hidden_size=32, projection_dim=16, batch_size=8, steps=2, warmup=1, position_init_std=1.0,
+                     hard_negative_weight=1.0)
     scenes = {s.key: s for s in make_scenes(0, 40)}
-    regions = [[(o.phrase(), o.box) for o in scenes[r["id"].split("-")[0]].objects] for r in recs]
-    report = pretrain_clip(pixels, [r["conversations"][1]["value"] for r in recs], tok_dir, tmp_path / "clip", cfg,
-                           regions=regions)
+    regions = [region_phrases(scenes[r["id"].split("-")[0]]) for r in recs]
+    captions = [r["conversations"][1]["value"] for r in recs]
+    report = pretrain_clip(pixels, captions, tok_dir, tmp_path / "clip", cfg, regions=regions)
     assert report["steps"] == 2 and report["regions"] == sum(len(r) for r in regions)
-    assert 0 <= report["final_region_acc"] <= 1
+    assert 0 <= report["final_region_acc"] <= 1 and 0 <= report["final_hard_negative_acc"] <= 1
+    # hard negatives asked for but not given: a clear error, not a shape mismatch deep in the loss
+    with pytest.raises(ValueError, match="hard negatives"):
+        pretrain_clip(pixels, captions, tok_dir, tmp_path / "clip2", cfg,
+                      regions=[[(p, b) for p, b, _ in rs] for rs in regions])
     tower = CLIPVisionModel.from_pretrained(str(tmp_path / "clip"))
     out = tower(pixels[:2], output_hidden_states=True)
     assert out.hidden_states[-2].shape == (2, 1 + 16, 32)
     # the position embeddings start at the configured scale (CLIP's own init would give std 0.02)
     assert 0.8 < tower.embeddings.position_embedding.weight.std().item() < 1.2
+
+
+def test_region_phrases_have_every_other_shape_as_hard_negatives():
+    from training.datagen.world import SHAPES, make_scene
+    from training.demo.corpus import region_phrases, scene_text
+
+    scene = make_scene(0, 7)
+    pairs = region_phrases(scene)
+    assert len(pairs) == len(scene.objects)
+    for o, (phrase, box, negatives) in zip(scene.objects, pairs, strict=True):
+        assert box == o.box and phrase == f"{o.region}: {o.size} {o.colour} {o.shape}"
+        assert phrase.split(": ")[1] in scene_text(scene)  # the written scene's entry, without the article
+        # one negative per other shape; each differs from the phrase in the shape word only
+        assert sorted(n.rsplit(" ", 1)[1] for n in negatives) == sorted(set(SHAPES) - {o.shape})
+        assert all(n.rsplit(" ", 1)[0] == phrase.rsplit(" ", 1)[0] for n in negatives)
 
 
 def test_box_weights_cover_exactly_the_patches_under_the_box():

@@ -9,6 +9,10 @@ directory (`config.json` + `model.safetensors`) — what LLaVA's configs name as
 config, so the tower sees exactly what the runtime will feed it. In a synthetic world many captions repeat
 word for word; pairs with identical captions count as positives of each other (multi-positive InfoNCE),
 so the loss does not push apart images that the text cannot tell apart.
+
+`regions` (optional) gives each image's objects as `(phrase, box[, hard_negatives])`: the patches under the box,
+pooled, are contrasted with the phrases of the batch (RegionCLIP's region–phrase pairs) and, with
+`hard_negative_weight`, with the region's own hard negatives (NegCLIP's idea: phrases that differ in one word).
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ class ClipConfig:
     weight_decay: float = 0.1
     region_weight: float = 1.0  # weight of the region–phrase term (0: whole-image captions only)
     region_max_len: int = 8  # phrase tokens
+    # weight of the hard-negative term: each region against its own phrase and the phrases the caller gives as
+    # its hard negatives (the recipe: the same phrase with another shape). In-batch negatives almost always
+    # differ in colour or place already, so without it nothing pushes the tower to tell small shapes apart.
+    hard_negative_weight: float = 0.0
     # std of the initial position embeddings. CLIP's 0.02 (a norm of ~0.2 at width 128) is tiny next to a trained
     # patch embedding (norm ~25): within a few hundred steps a token never learns its place (docs/demo-model.md).
     position_init_std: float = 0.02
@@ -115,11 +123,19 @@ def pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Pat
     grid = cfg.image_size // cfg.patch_size
     if use_regions:
         assert len(regions) == n, (len(regions), n)
-        flat = [(i, phrase, box) for i, rs in enumerate(regions) for phrase, box in rs]
+        flat = [(i, r[0], r[1]) for i, rs in enumerate(regions) for r in rs]
         reg_image = torch.tensor([i for i, _, _ in flat])  # (R,) image index of each region
         reg_ids, reg_mask = _caption_ids([p for _, p, _ in flat], tok, cfg.region_max_len)
         _, reg_class = torch.unique(reg_ids, dim=0, return_inverse=True)
         reg_weights = _box_weights([b for _, _, b in flat], grid)  # (R, grid*grid)
+    use_hard = use_regions and cfg.hard_negative_weight > 0
+    if use_hard:
+        negs = [r[2] if len(r) > 2 else () for rs in regions for r in rs]
+        k = len(negs[0]) if negs else 0
+        if not k or any(len(x) != k for x in negs):
+            raise ValueError("hard_negative_weight > 0 needs the same number (≥ 1) of hard negatives for every region")
+        hard_ids, hard_mask = _caption_ids([p for x in negs for p in x], tok, cfg.region_max_len)
+        hard_ids, hard_mask = hard_ids.view(len(negs), k, -1), hard_mask.view(len(negs), k, -1)
 
     vision = dict(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                   num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
@@ -132,7 +148,7 @@ def pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Pat
         model.vision_model.embeddings.position_embedding.weight.normal_(0.0, cfg.position_init_std)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(cfg.seed)
-    batches, losses, accs, reg_accs = shuffled_batches(n, cfg.batch_size, gen), [], [], []
+    batches, losses, accs, reg_accs, hard_accs = shuffled_batches(n, cfg.batch_size, gen), [], [], [], []
     model.train()
     for step, idx in zip(range(cfg.steps), batches):
         for g in opt.param_groups:
@@ -158,6 +174,15 @@ def pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Pat
             reg_logits = scale * reg @ phr.t()  # (R_b, R_b)
             reg_same = (reg_class[sel][:, None] == reg_class[sel][None, :]).float()
             loss = loss + cfg.region_weight * _multi_positive_nce(reg_logits, reg_same)
+            if use_hard:  # (R_b, 1 + k): own phrase first, then its hard negatives
+                ntxt = model.text_model(input_ids=hard_ids[sel].flatten(0, 1),
+                                        attention_mask=hard_mask[sel].flatten(0, 1))
+                neg = F.normalize(model.text_projection(ntxt.pooler_output), dim=-1).view(len(sel), k, -1)
+                hard_logits = scale * torch.cat([(reg * phr).sum(-1, keepdim=True),
+                                                 torch.einsum("rh,rkh->rk", reg, neg)], dim=1)
+                target = torch.zeros(len(sel), dtype=torch.long)
+                loss = loss + cfg.hard_negative_weight * F.cross_entropy(hard_logits, target)
+                hard_accs.append((hard_logits.argmax(dim=1) == 0).float().mean().item())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -184,4 +209,5 @@ def pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Pat
     return {"pairs": n, "distinct_captions": int(caption_class.max()) + 1, "steps": cfg.steps,
             "regions": int(reg_image.numel()) if use_regions else 0,
             "final_loss": tail(losses), "final_i2t_acc": tail(accs), "final_region_acc": tail(reg_accs),
+            "final_hard_negative_acc": tail(hard_accs),
             "seconds": round(time.time() - t0, 1), "config": asdict(cfg)}

@@ -13,6 +13,7 @@ Contract (all deterministic in the world seed):
 - `text_corpus(scenes, seed, mix)` → world text for the tokenizer and the base LLaMA: captions, written-out
   scenes (with `mix.layout_captions`), and chats about a scene written out in words (where LLaVA puts the
   image), as `(text, trainable)` segments.
+- `region_phrases(scene)` → the stand-in CLIP's region–phrase pairs, with shape-swapped hard negatives.
 
 Short answers are what the eval checks, so they follow the teacher's canonical forms exactly ("red",
 "circle", "2", "top left", "yes"); the suffix tells the model when a short answer is wanted, as in LLaVA-1.5.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from training.datagen import teacher
 from training.datagen.parse import Rejected, parse_response
 from training.datagen.prompts import DETAIL_REQUESTS, RTYPES
 from training.datagen.render import render
-from training.datagen.world import Scene, make_scene
+from training.datagen.world import SHAPES, Scene, make_scene
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA instruction
 QTYPES: tuple[str, ...] = teacher.QTYPES  # colour shape count position relation existence description
@@ -184,6 +185,13 @@ def scene_text(scene: Scene) -> str:
     """The scene written out in reading order, as the image's patch tokens lay it out ("top left: a small red
     circle. center: a large blue square.")."""
     return " ".join(f"{o.region}: {teacher.article(o.phrase())}." for o in scene.objects)
+
+
+def region_phrases(scene: Scene) -> list[tuple[str, tuple[float, float, float, float], list[str]]]:
+    """Each object's entry in the written scene ("top left: small red circle"), its box, and as hard negatives
+    the same entry with each other shape: the stand-in CLIP's region–phrase pairs."""
+    return [(f"{o.region}: {o.phrase()}", o.box,
+             [f"{o.region}: {replace(o, shape=s).phrase()}" for s in SHAPES if s != o.shape]) for o in scene.objects]
 
 
 def grounded_chat(scene: Scene, turns: Sequence[tuple[str, str]]) -> Doc:

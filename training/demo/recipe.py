@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,6 @@ def load_recipe(path: str | Path = RECIPE_YAML, scale: float = 1.0) -> RecipeCon
     clip = _dc(ClipConfig, d.get("clip", {}), "clip")
     scenes = int(w.get("scenes", 12000))
     if scale != 1.0:
-        from dataclasses import replace
-
         lm = replace(lm, steps=max(20, int(lm.steps * scale)), warmup=max(5, int(lm.warmup * scale)))
         clip = replace(clip, steps=max(20, int(clip.steps * scale)), warmup=max(5, int(clip.warmup * scale)))
         scenes = max(256, int(scenes * scale))
@@ -155,15 +153,19 @@ class Recipe:
         from llava_local.preprocess import PreprocessConfig, load_image, to_pixels
 
         from .clip_pretrain import pretrain_clip
+        from .corpus import region_phrases
 
         records = json.loads((self.data / "stage1.json").read_text(encoding="utf-8"))
         pp = PreprocessConfig(mode="pad", size=self.cfg.image_size)
-        pixels = torch.from_numpy(np.stack([to_pixels(load_image(self.data / r["image"]), pp) for r in records]))
+        # each image has a caption and a layout record: decode it once
+        paths = [r["image"] for r in records]
+        unique = {p: i for i, p in enumerate(dict.fromkeys(paths))}
+        decoded = torch.from_numpy(np.stack([to_pixels(load_image(self.data / p), pp) for p in unique]))
+        pixels = decoded[torch.tensor([unique[p] for p in paths])]
         captions = [r["conversations"][1]["value"] for r in records]
         scenes = {s.key: s for s in self._scenes()}
-        # region–phrase pairs: every object's box with its entry in the written scene ("top left: small red circle")
-        regions = [[(f"{o.region}: {o.phrase()}", o.box) for o in scenes[r["id"].split("-")[0]].objects]
-                   for r in records]
+        # region–phrase pairs: every object's box with its entry in the written scene, and hard negatives
+        regions = [region_phrases(scenes[r["id"].split("-")[0]]) for r in records]
         return pretrain_clip(pixels, captions, self.work / "tokenizer", self.work / "base-clip", self.cfg.clip,
                              regions=regions)
 
