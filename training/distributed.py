@@ -99,10 +99,10 @@ def micro_batches(lengths: list[int], seed: int, epoch: int, micro: int, accum: 
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)
     perm = torch.randperm(len(lengths), generator=g).tolist()
     per_step = micro * accum * world
-    n_steps = len(perm) // per_step
+    n_steps, group = len(perm) // per_step, max(1, group_steps)
     steps = []
-    for first in range(0, n_steps, max(1, group_steps)):
-        k = min(max(1, group_steps), n_steps - first)
+    for first in range(0, n_steps, group):
+        k = min(group, n_steps - first)
         block = perm[first * per_step:(first + k) * per_step]
         if group_by_length:
             block = sorted(block, key=lambda i: -lengths[i])  # stable: ties keep the random order

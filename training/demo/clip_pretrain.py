@@ -67,17 +67,20 @@ class ClipConfig:
 
 
 def _caption_ids(captions: Sequence[str], tok: Any, max_len: int) -> tuple[Any, Any]:
-    """Token ids (N, max_len) ending in the text tower's end token (`len(tok)`, where it pools) and the mask."""
+    """Token ids (N, max_len) ending in the text tower's end token (`len(tok)`, where it pools) and the mask.
+    Each distinct text is tokenized once: a synthetic world's phrases repeat by the tens of thousands."""
     import torch
 
     end = len(tok)
-    ids = torch.zeros((len(captions), max_len), dtype=torch.long)
-    mask = torch.zeros((len(captions), max_len), dtype=torch.long)
-    for i, c in enumerate(captions):
+    index = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    ids = torch.zeros((len(index), max_len), dtype=torch.long)
+    mask = torch.zeros((len(index), max_len), dtype=torch.long)
+    for c, i in index.items():
         row = [tok.bos_token_id, *tok(c, add_special_tokens=False)["input_ids"]][: max_len - 1] + [end]
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
-    return ids, mask
+    rows = torch.tensor([index[c] for c in captions], dtype=torch.long)
+    return ids[rows], mask[rows]
 
 
 def _box_weights(boxes: Any, grid: int) -> Any:
@@ -178,8 +181,8 @@ def pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Pat
                 ntxt = model.text_model(input_ids=hard_ids[sel].flatten(0, 1),
                                         attention_mask=hard_mask[sel].flatten(0, 1))
                 neg = F.normalize(model.text_projection(ntxt.pooler_output), dim=-1).view(len(sel), k, -1)
-                hard_logits = scale * torch.cat([(reg * phr).sum(-1, keepdim=True),
-                                                 torch.einsum("rh,rkh->rk", reg, neg)], dim=1)
+                hard_logits = torch.cat([reg_logits.diagonal()[:, None],  # each region's own phrase
+                                         scale * torch.einsum("rh,rkh->rk", reg, neg)], dim=1)
                 target = torch.zeros(len(sel), dtype=torch.long)
                 loss = loss + cfg.hard_negative_weight * F.cross_entropy(hard_logits, target)
                 hard_accs.append((hard_logits.argmax(dim=1) == 0).float().mean().item())
