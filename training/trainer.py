@@ -293,6 +293,7 @@ def _export(su: Setup, out_dir: Path, bf16: bool, truncated: int) -> None:
                       "trainable_parameters": sum(c["trainable"] for c in counts.values()),
                       "world_size": dist.world, "precision": "bf16" if bf16 else "fp32",
                       "truncated_samples": truncated}
-        write_output(out_dir, sd, llava_hf_config(model, cfg), cfg, su.tokenizer, su.preprocess, provenance,
-                     torch.bfloat16 if bf16 else torch.float32)
+        # bf16 files halve a GPU run's checkpoint; a CPU run is small, and its fp32 master weights are worth keeping.
+        dtype = torch.bfloat16 if bf16 and dist.device.type == "cuda" else torch.float32
+        write_output(out_dir, sd, llava_hf_config(model, cfg), cfg, su.tokenizer, su.preprocess, provenance, dtype)
         print(f"wrote {out_dir} (convert it with: llava-local convert {out_dir} OUT_BUNDLE)", file=sys.stderr)

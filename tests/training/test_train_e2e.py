@@ -113,3 +113,17 @@ def test_dry_run_prints_trainable_parameters_and_memory(tiny_base, tiny_data, tm
     line = next(ln for ln in out.splitlines() if ln.startswith("vision_tower"))
     assert line.split()[-1] == "0"  # frozen
     assert not (tmp_path / "d").exists()
+
+
+def test_bf16_on_cpu_trains_and_keeps_fp32_files(tiny_base, tiny_data, tmp_path):
+    """`train.precision: bf16` on a CPU autocasts the step; the checkpoint keeps fp32 master weights (a bf16 file
+    is for GPU runs), and its provenance says how it was trained."""
+    out = tmp_path / "bf16"
+    rc = main(["train", "tiny-stage1", *base_overrides(tiny_base, tiny_data[0], out), "train.precision=bf16",
+               "optim.max_steps=2"])
+    assert rc == 0
+    weights = load_file(str(out / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    meta = json.loads((out / "llava_local.json").read_text())
+    assert meta["provenance"]["precision"] == "bf16"
+    assert all(m["loss"] > 0 for m in read_metrics(out).values())
