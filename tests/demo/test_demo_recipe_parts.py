@@ -64,19 +64,39 @@ def test_short_answers_are_canonical(toy):
     assert {"yes", "no"} <= answers and all(a == a.strip() for a in answers)
 
 
-def test_lm_pretrain_writes_a_loadable_llama(toy, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_lm_pretrain_writes_a_loadable_llama(toy, tmp_path, precision):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from training.demo.lm_pretrain import LMConfig, pretrain_lm
 
     _, _, texts, tok_dir = toy
     cfg = LMConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=2, seq_len=64,
-                   batch_size=4, steps=3, warmup=1)
+                   batch_size=4, steps=3, warmup=1, precision=precision)
     report = pretrain_lm(texts, tok_dir, tmp_path / "lm", cfg)
     assert report["steps"] == 3 and report["final_loss"] > 0
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "lm"))
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "lm"))
     assert model.config.vocab_size == len(tok) and model.config.hidden_size == 64
+    # bf16 autocast computes in bf16 but keeps (and saves) fp32 master weights
+    assert model.model.embed_tokens.weight.dtype == torch.float32
+
+
+def test_recipe_precision_is_validated_and_auto_follows_the_cpu(tmp_path):
+    from dataclasses import replace
+
+    from llava_local.errors import UsageError
+    from training.demo.lm_pretrain import LMConfig
+    from training.demo.recipe import Recipe, native_bf16
+
+    cfg = load_recipe(RECIPE_YAML)
+    with pytest.raises(UsageError, match="precision"):
+        replace(cfg, precision="fp16")
+    with pytest.raises(ValueError, match="precision"):
+        LMConfig(precision="fp16")
+    auto = Recipe(replace(cfg, precision="auto"), tmp_path, tmp_path / "out", {})
+    assert auto.precision == ("bf16" if native_bf16() else "fp32") == auto.report["precision"]
+    assert Recipe(replace(cfg, precision="fp32"), tmp_path, tmp_path / "out", {}).precision == "fp32"
 
 
 def test_clip_pretrain_writes_a_loadable_vision_tower(toy, tmp_path):
@@ -203,3 +223,39 @@ def test_layout_captions_add_a_stage1_record_per_scene_with_every_region(tmp_pat
     for s in scenes:
         regions = [p.split(": ")[0] for p in layout[s.key].rstrip(".").split(". ")]
         assert regions == [o.region for o in s.objects]
+
+
+def test_perfect_tower_features_say_exactly_what_is_in_each_cell():
+    from training.datagen.world import COLOURS, SHAPES, SIZES
+    from training.demo.corpus import make_scenes
+    from training.demo.perfect_tower import N_FEATURES, cell_features
+
+    nc, ns, nz = len(COLOURS), len(SHAPES), len(SIZES)
+    for scene in make_scenes(0, 20):
+        f = cell_features(scene)
+        assert f.shape == (9, N_FEATURES)
+        assert torch.equal(f[:, nc + ns + nz + 1:], torch.eye(9))  # every row knows its cell
+        occupied = {o.row * 3 + o.col: o for o in scene.objects}
+        for c in range(9):
+            row = f[c]
+            if c not in occupied:
+                assert row[nc + ns + nz] == 1 and row[: nc + ns + nz].sum() == 0
+                continue
+            o = occupied[c]
+            assert list(COLOURS)[int(row[:nc].argmax())] == o.colour and row[:nc].sum() == 1
+            assert list(SHAPES)[int(row[nc: nc + ns].argmax())] == o.shape and row[nc: nc + ns].sum() == 1
+            assert list(SIZES)[int(row[nc + ns: nc + ns + nz].argmax())] == o.size and row[nc + ns + nz] == 0
+
+
+def test_perfect_tower_harness_trains_and_asks_the_eval_questions(toy, tmp_path):
+    from training.demo.lm_pretrain import LMConfig, pretrain_lm
+    from training.demo.perfect_tower import PerfectTowerConfig, run
+
+    root, _, texts, tok_dir = toy
+    pretrain_lm(texts, tok_dir, tmp_path / "lm", LMConfig(hidden_size=64, intermediate_size=128, num_layers=2,
+                                                           num_heads=2, num_kv_heads=2, seq_len=64, batch_size=4,
+                                                           steps=2, warmup=1))
+    cfg = PerfectTowerConfig(steps=2, batch_size=4, group_steps=2, eval_n=2)
+    result = run(tmp_path / "lm", root / "data" / "stage2.json", cfg)
+    assert len(result.items) >= 10 and {it["type"] for it in result.items} >= {"colour", "position"}
+    assert 0.0 <= result.overall() <= 1.0

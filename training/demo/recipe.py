@@ -39,7 +39,7 @@ log = logging.getLogger("training.demo.recipe")
 
 RECIPE_YAML = Path(__file__).with_name("recipe.yaml")
 STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "stage2", "convert", "eval")
-RECIPE_ID = "llava-local-tiny/3"  # bump when the recipe changes what it trains
+RECIPE_ID = "llava-local-tiny/4"  # bump when the recipe changes what it trains
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,12 @@ class RecipeConfig:
     quant: str = "q8_0"
     eval_seed: int = 1000
     eval_n: int = 300
+    # lm, stage1, stage2: "bf16" autocast, "fp32", or "auto" (bf16 where the CPU multiplies bf16 natively)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UsageError("precision must be auto, bf16 or fp32")
         if self.clip.image_size != self.image_size:
             raise UsageError("clip.image_size must equal world.image_size")
         if self.eval_seed == self.world_seed:
@@ -92,8 +96,18 @@ def load_recipe(path: str | Path = RECIPE_YAML, scale: float = 1.0) -> RecipeCon
         mix=_dc(DataMix, d.get("mix", {}), "mix"), vocab_size=int(d.get("tokenizer", {}).get("vocab_size", 1024)),
         lm=lm, clip=clip, stage1=d.get("stages", {}).get("stage1", "demo-stage1"),
         stage2=d.get("stages", {}).get("stage2", "demo-stage2"), quant=d.get("convert", {}).get("quant", "q8_0"),
-        eval_seed=int(e.get("seed", 1000)), eval_n=int(e.get("n", 300)),
+        eval_seed=int(e.get("seed", 1000)), eval_n=int(e.get("n", 300)), precision=str(d.get("precision", "fp32")),
     )
+
+
+def native_bf16() -> bool:
+    """Does this CPU multiply bf16 in hardware (AVX512-BF16 or AMX)? Elsewhere bf16 is emulated and slower than
+    fp32. Only Linux says so cheaply (/proc/cpuinfo); other systems get fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 class Recipe:
@@ -102,7 +116,9 @@ class Recipe:
     def __init__(self, cfg: RecipeConfig, work: Path, out: Path, stage_overrides: dict[str, list[str]]) -> None:
         self.cfg, self.work, self.out = cfg, work, out
         self.stage_overrides = stage_overrides
-        self.report: dict[str, Any] = {"recipe": RECIPE_ID, "config": asdict(cfg), "stages": {}}
+        self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if native_bf16() else "fp32")
+        self.report: dict[str, Any] = {"recipe": RECIPE_ID, "config": asdict(cfg), "precision": self.precision,
+                                       "stages": {}}
         report_path = work / "recipe-report.json"
         if report_path.is_file():  # keep earlier stages' numbers when restarting with --from
             old = json.loads(report_path.read_text(encoding="utf-8"))
@@ -144,7 +160,8 @@ class Recipe:
     def stage_lm(self) -> dict[str, Any]:
         from .lm_pretrain import pretrain_lm
 
-        return pretrain_lm(self._texts(), self.work / "tokenizer", self.work / "base-llm", self.cfg.lm)
+        lm = replace(self.cfg.lm, precision=self.precision)
+        return pretrain_lm(self._texts(), self.work / "tokenizer", self.work / "base-llm", lm)
 
     def stage_clip(self) -> dict[str, Any]:
         import numpy as np
@@ -175,7 +192,8 @@ class Recipe:
 
         w = self.work
         overrides = [f"model.vision_tower={w / 'base-clip'}", f"model.language_model={w / 'base-llm'}",
-                     f"data.json={self.data / f'{stage}.json'}", f"train.out_dir={w / stage}", *extra,
+                     f"data.json={self.data / f'{stage}.json'}", f"train.out_dir={w / stage}",
+                     f"train.precision={self.precision}", *extra,
                      *self.stage_overrides.get(stage, [])]
         cfg = load_config(preset, overrides)
         shutil.rmtree(cfg.train.out_dir, ignore_errors=True)  # a recipe run always starts the stage afresh
@@ -218,7 +236,7 @@ class Recipe:
         m = load_manifest(bundle)
         prov = dict(m.provenance)
         prov["recipe"] = {"id": RECIPE_ID, "command": "python -m training.demo.recipe --out models/llava-local-tiny",
-                          "config": asdict(self.cfg), "data_seed": self.cfg.world_seed,
+                          "config": asdict(self.cfg), "data_seed": self.cfg.world_seed, "precision": self.precision,
                           "timings_s": {k: v.get("seconds") for k, v in self.report["stages"].items()}}
         write_manifest(bundle, replace(m, provenance=prov))
 
