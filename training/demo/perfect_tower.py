@@ -18,9 +18,9 @@ It reads scene keys from the records' image names (`images/s000042.png` → `mak
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
-import random
 import re
 import sys
 import time
@@ -35,8 +35,12 @@ from training.datagen.world import COLOURS, SHAPES, SIZES, Scene, make_scene
 
 from .evaluate import EvalResult, eval_set
 
-N_FEATURES = len(COLOURS) + len(SHAPES) + len(SIZES) + 1 + 9
-IGNORE_INDEX = -100
+# one-hot layout of a cell's feature row: colour | shape | size | empty | cell index
+_SHAPE0 = len(COLOURS)
+_SIZE0 = _SHAPE0 + len(SHAPES)
+_EMPTY = _SIZE0 + len(SIZES)
+_CELL0 = _EMPTY + 1
+N_FEATURES = _CELL0 + 9
 
 
 @dataclass(frozen=True)
@@ -57,18 +61,15 @@ class PerfectTowerConfig:
 
 def cell_features(scene: Scene) -> torch.Tensor:
     """(9, N_FEATURES) one-hot description of each grid cell, row-major like the tower's 3x3 patches."""
-    colours, shapes, sizes = list(COLOURS), list(SHAPES), list(SIZES)
-    empty, cell0 = len(colours) + len(shapes) + len(sizes), len(colours) + len(shapes) + len(sizes) + 1
     f = torch.zeros(9, N_FEATURES)
-    f[:, empty] = 1.0
-    for c in range(9):
-        f[c, cell0 + c] = 1.0
+    f[:, _EMPTY] = 1.0
+    f[:, _CELL0:] = torch.eye(9)
     for o in scene.objects:
         c = o.row * 3 + o.col
-        f[c, empty] = 0.0
-        f[c, colours.index(o.colour)] = 1.0
-        f[c, len(colours) + shapes.index(o.shape)] = 1.0
-        f[c, len(colours) + len(shapes) + sizes.index(o.size)] = 1.0
+        f[c, _EMPTY] = 0.0
+        f[c, list(COLOURS).index(o.colour)] = 1.0
+        f[c, _SHAPE0 + list(SHAPES).index(o.shape)] = 1.0
+        f[c, _SIZE0 + list(SIZES).index(o.size)] = 1.0
     return f
 
 
@@ -90,7 +91,9 @@ class PerfectLlava(nn.Module):
         return emb
 
 
-def _encode_records(records: list[dict[str, Any]], tok: Any, world_seed: int) -> list[tuple[list, list, Any]]:
+def _encode_records(records: list[dict[str, Any]], tok: Any, world_seed: int,
+                    context_length: int = 512) -> list[dict[str, Any]]:
+    """Records → `training.dataset` samples, with the scene's cell features where the pixels would be."""
     from llava_local.templates import get_template
     from training.dataset import encode, parse_record
 
@@ -101,47 +104,37 @@ def _encode_records(records: list[dict[str, Any]], tok: Any, world_seed: int) ->
         ids, labels = encode(template.render(list(sample.turns), add_generation_prompt=False), tok, image_id, 9,
                              sample.id)
         scene = make_scene(world_seed, int(re.search(r"s(\d+)", rec["image"]).group(1)))
-        out.append((ids[:512], labels[:512], cell_features(scene)))
+        # the image's 9 slots open every record, so a plain cut never splits them
+        out.append({"input_ids": torch.tensor(ids[:context_length]), "labels": torch.tensor(labels[:context_length]),
+                    "pixel_values": cell_features(scene)[None], "truncated": len(ids) > context_length})
     return out
 
 
-def _batches(n: int, lengths: list[int], cfg: PerfectTowerConfig, rng: random.Random):
-    while True:
-        order = list(range(n))
-        rng.shuffle(order)
-        group = cfg.batch_size * cfg.group_steps
-        for g in range(0, n - group + 1, group):
-            chunk = sorted(order[g: g + group], key=lambda i: lengths[i])
-            steps = [chunk[k: k + cfg.batch_size] for k in range(0, group, cfg.batch_size)]
-            rng.shuffle(steps)
-            yield from steps
+def train(model: PerfectLlava, data: list[dict[str, Any]], cfg: PerfectTowerConfig, pad_id: int) -> None:
+    """The trainer's schedule and batching (`cosine_with_warmup`, `micro_batches`), without its model wrapper."""
+    from training.dataset import collate
+    from training.distributed import micro_batches
+    from training.trainer import cosine_with_warmup
 
-
-def train(model: PerfectLlava, data: list[tuple[list, list, Any]], cfg: PerfectTowerConfig, pad_id: int) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    warmup = max(1, math.ceil(cfg.warmup_ratio * cfg.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, cosine_with_warmup(cfg.steps, max(1, math.ceil(cfg.warmup_ratio * cfg.steps))))
+    lengths = [len(d["input_ids"]) for d in data]
 
-    def lr_at(step: int) -> float:  # warmup, then cosine to 0 (the trainer's schedule)
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, cfg.steps - warmup)))
+    def steps():
+        for epoch in itertools.count():
+            for step in micro_batches(lengths, cfg.seed, epoch, cfg.batch_size, 1, 1, True, cfg.group_steps):
+                yield step[0]
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    rng, t0 = random.Random(cfg.seed), time.time()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+    t0 = time.time()
     model.train()
-    for step, idx in zip(range(cfg.steps), _batches(len(data), [len(d[0]) for d in data], cfg, rng)):
-        width = max(len(data[i][0]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id)
-        labels = torch.full((len(idx), width), IGNORE_INDEX)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            n = len(data[i][0])
-            ids[r, :n], labels[r, :n], mask[r, :n] = torch.tensor(data[i][0]), torch.tensor(data[i][1]), 1
-        feats = torch.stack([data[i][2] for i in idx])
+    for step, idx in zip(range(cfg.steps), steps()):
+        b = collate([data[i] for i in idx], pad_id)  # pixel_values: (B, 9, F) cell features
         with autocast:
-            loss = model.lm(inputs_embeds=model.embed(ids, feats), attention_mask=mask, labels=labels).loss
+            loss = model.lm(inputs_embeds=model.embed(b["input_ids"], b["pixel_values"]),
+                            attention_mask=b["attention_mask"], labels=b["labels"]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -161,14 +154,11 @@ def evaluate(model: PerfectLlava, tok: Any, cfg: PerfectTowerConfig) -> EvalResu
     for item in eval_set(cfg.eval_n, cfg.eval_seed):
         ids, _ = encode(template.render([Turn("user", item.prompt, 1)], add_generation_prompt=True), tok,
                         model.image_token_id, 9)
-        emb, past, out = model.embed(torch.tensor([ids]), cell_features(item.scene)[None]), None, []
-        for _ in range(64):  # greedy, with the KV cache
-            step = model.lm(inputs_embeds=emb, past_key_values=past, use_cache=True)
-            past, nxt = step.past_key_values, int(step.logits[0, -1].argmax())
-            if nxt == tok.eos_token_id:
-                break
-            out.append(nxt)
-            emb = model.lm.get_input_embeddings()(torch.tensor([[nxt]]))
+        emb = model.embed(torch.tensor([ids]), cell_features(item.scene)[None])
+        out = model.lm.generate(inputs_embeds=emb, max_new_tokens=64, do_sample=False,
+                                eos_token_id=tok.eos_token_id, pad_token_id=tok.unk_token_id)[0].tolist()
+        if tok.eos_token_id in out:
+            out = out[: out.index(tok.eos_token_id)]
         result.add(item, tok.decode(out, skip_special_tokens=True).strip())
     return result
 

@@ -84,6 +84,8 @@ def load_recipe(path: str | Path = RECIPE_YAML, scale: float = 1.0) -> RecipeCon
 
     d = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     w, e = d.get("world", {}), d.get("eval", {})
+    if "precision" in d.get("lm", {}):  # one owner: the recipe applies its precision to every stage
+        raise UsageError("lm: precision is set for the whole recipe (top-level `precision`), not per stage")
     lm = _dc(LMConfig, d.get("lm", {}), "lm")
     clip = _dc(ClipConfig, d.get("clip", {}), "clip")
     scenes = int(w.get("scenes", 12000))
