@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -259,3 +260,40 @@ def test_perfect_tower_harness_trains_and_asks_the_eval_questions(toy, tmp_path)
     result = run(tmp_path / "lm", root / "data" / "stage2.json", cfg)
     assert len(result.items) >= 10 and {it["type"] for it in result.items} >= {"colour", "position"}
     assert 0.0 <= result.overall() <= 1.0
+
+
+def test_lookup_probe_asks_one_position_question_in_each_form_and_trains(toy, tmp_path):
+    from transformers import AutoTokenizer
+
+    from training.datagen import teacher
+    from training.datagen.world import CELL_OF_REGION, make_scene
+    from training.demo.lm_pretrain import LMConfig, pretrain_lm
+    from training.demo.lookup_probe import BAG_LEVEL, FORMS, ProbeConfig, encode_example, probe
+
+    _, _, texts, tok_dir = toy
+    pretrain_lm(texts, tok_dir, tmp_path / "lm", LMConfig(hidden_size=64, intermediate_size=128, num_layers=2,
+                                                           num_heads=2, num_kv_heads=2, seq_len=64, batch_size=4,
+                                                           steps=2, warmup=1))
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "lm"))
+    image_id = tok.convert_tokens_to_ids("<image>")
+    scene = next(s for i in range(50) if len((s := make_scene(0, i)).objects) >= 3)
+    qa = teacher.sample_qa(scene, random.Random(0), "position")
+    obj = next(o for o in scene.objects if o.region == qa.answer)
+    for form in FORMS:
+        ex = encode_example(scene, qa, form, tok, image_id)
+        ids, labels = ex["input_ids"].tolist(), ex["labels"].tolist()
+        assert ids.count(image_id) == 9 and len(ids) == len(labels)
+        answer = [t for t in labels if t >= 0]
+        assert ids[len(ids) - len(answer):] == answer  # the answer closes the example, nothing else is trained
+        prompt = tok.decode([t for t in ids[: len(ids) - len(answer)] if t != image_id], skip_special_tokens=True)
+        if form == "ref":
+            row, col = CELL_OF_REGION[qa.answer]
+            assert answer == [len(tok) - 10 + 3 * row + col] and (obj.row, obj.col) == (row, col)
+            assert prompt.strip() in (obj.shape, f"{obj.colour} {obj.shape}", obj.phrase())
+        else:
+            assert tok.decode(answer, skip_special_tokens=True).strip() == qa.answer
+            assert qa.question in prompt and (("USER:" in prompt) == (form == "chat"))
+    curve = probe(tmp_path / "lm", ProbeConfig(form="question", steps=2, batch_size=4, every=1, eval_n=6),
+                  log=lambda s: None)
+    assert [c[0] for c in curve] == [1, 2] and all(0 <= a <= 1 and 0 <= w <= 1 for _, a, w in curve)
+    assert abs(BAG_LEVEL - 0.4567) < 1e-4

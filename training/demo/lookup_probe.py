@@ -1,0 +1,183 @@
+"""Diagnostic: can the LLaMA learn to find the object a question names? One question type, perfect vision, minutes.
+
+`python -m training.demo.lookup_probe --form chat --init base --lr 5e-4` (after the recipe's lm stage).
+
+Contract:
+- Each example is one scene of the training world (`make_scene(world_seed, i)`, i < `scenes`), its 9 perfect-tower
+  cell features (`perfect_tower.cell_features`) in the image slots, and one teacher position question about it, in
+  one of three forms (`FORMS`):
+    - "ref":      the image, then only the object's name (" red circle") → its cell, as one of nine output ids;
+    - "question": the image, then " Where is the red circle? ASSISTANT:" → " top left</s>";
+    - "chat":     the eval's own prompt in `vicuna_v1` (system prompt, short-answer instruction) → " top left</s>".
+- The model is a fresh `mlp2x_gelu` projector plus either the recipe's base LLaMA (`init="base"`) or the same
+  architecture at random init (`init="scratch"`), trained with AdamW at a constant learning rate on answer tokens
+  only (clip 1.0, no weight decay: the stage-2 preset's optimiser without its schedule).
+- `probe()` returns the held-out accuracy curve: every `every` steps, the share of `eval_n` questions (world
+  `eval_seed`) whose answer tokens are all argmax-right given the prompt (= greedy decoding of the answer), over all
+  questions and over those about scenes whose shapes all differ (the name is one word).
+- `BAG_LEVEL` is what a model scores that knows which cells are occupied but not which object was named; a curve
+  that stays there has not learned the lookup (docs/demo-model.md, "What the sixth round measured").
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.datagen import teacher
+from training.datagen.world import CELL_OF_REGION, Scene, make_scene
+
+from .corpus import prompt_of
+from .perfect_tower import PerfectLlava, cell_features
+
+FORMS = ("ref", "question", "chat")
+# 1 to 5 objects with equal odds, one of them picked at random: (1 + 1/2 + 1/3 + 1/4 + 1/5) / 5
+BAG_LEVEL = sum(1 / k for k in range(1, 6)) / 5
+_REF = re.compile(r"the (.+?)(?: in the image)?\?$")  # the object's name inside any of the teacher's phrasings
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    form: str = "chat"
+    init: str = "base"  # base | scratch
+    lr: float = 5e-4
+    steps: int = 1500
+    batch_size: int = 32
+    every: int = 250
+    scenes: int = 10000  # training scenes, as the recipe renders
+    world_seed: int = 0
+    eval_seed: int = 1000
+    eval_n: int = 300
+    seed: int = 0
+
+
+def _answer_ids(form: str, answer: str, tok: Any) -> list[int]:
+    if form == "ref":  # nine output ids of their own: the last nine ordinary pieces, below <image>
+        row, col = CELL_OF_REGION[answer]
+        return [len(tok) - 10 + 3 * row + col]
+    return tok.encode(f" {answer}", add_special_tokens=False) + [tok.eos_token_id]
+
+
+def encode_example(scene: Scene, qa: teacher.QA, form: str, tok: Any, image_id: int) -> dict[str, Any]:
+    """One position question → a `training.dataset` sample (9 image slots, labels on the answer only)."""
+    from llava_local.templates import Turn, get_template
+    from training.dataset import IGNORE_INDEX, encode
+
+    if form == "chat":
+        turns = [Turn("user", prompt_of(qa), 1), Turn("assistant", qa.answer)]
+        ids, labels = encode(get_template("vicuna_v1").render(turns, add_generation_prompt=False), tok, image_id, 9)
+    else:
+        text = f" {_REF.search(qa.question).group(1)}" if form == "ref" else f" {qa.question} ASSISTANT:"
+        prompt = [tok.bos_token_id] + [image_id] * 9 + tok.encode(text, add_special_tokens=False)
+        answer = _answer_ids(form, qa.answer, tok)
+        ids, labels = prompt + answer, [IGNORE_INDEX] * len(prompt) + answer
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
+            "pixel_values": cell_features(scene)[None], "truncated": False, "one_word": " " not in _ref_of(qa)}
+
+
+def _ref_of(qa: teacher.QA) -> str:
+    return _REF.search(qa.question).group(1)
+
+
+def sample(world_seed: int, index: int, rng: random.Random, form: str, tok: Any, image_id: int) -> dict[str, Any]:
+    """A position question about scene `index`, or the next scene that has a uniquely named object."""
+    while (qa := teacher.sample_qa(scene := make_scene(world_seed, index), rng, "position")) is None:
+        index += 1
+    return encode_example(scene, qa, form, tok, image_id)
+
+
+def _build_model(lm_dir: Path, init: str, tok: Any) -> PerfectLlava:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if init == "base":
+        lm = LlamaForCausalLM.from_pretrained(str(lm_dir), dtype=torch.float32)
+    elif init == "scratch":
+        lm = LlamaForCausalLM(LlamaConfig.from_pretrained(str(lm_dir)))
+    else:
+        raise ValueError(f"init must be base or scratch, not {init!r}")
+    return PerfectLlava(lm, tok.convert_tokens_to_ids("<image>"))
+
+
+@torch.no_grad()
+def accuracy(model: PerfectLlava, batches: list[dict[str, Any]]) -> tuple[float, float]:
+    """(all, one-word names): share of rows whose every answer token is the argmax."""
+    model.eval()
+    right, one_word = [], []
+    for b in batches:
+        logits = model.lm(inputs_embeds=model.embed(b["input_ids"], b["pixel_values"]),
+                          attention_mask=b["attention_mask"]).logits
+        target = b["labels"][:, 1:]
+        ok = ((logits[:, :-1].argmax(-1) == target) | (target < 0)).all(-1)
+        right += ok.tolist()
+        one_word += b["one_word"]
+    model.train()
+    words = [r for r, w in zip(right, one_word) if w]
+    return sum(right) / len(right), sum(words) / max(1, len(words))
+
+
+def probe(lm_dir: str | Path, cfg: ProbeConfig, log=print) -> list[tuple[int, float, float]]:
+    """Train as the contract says; returns [(step, accuracy, accuracy on one-word names)]."""
+    from transformers import AutoTokenizer
+
+    from training.dataset import collate
+
+    if cfg.form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, not {cfg.form!r}")
+    torch.manual_seed(cfg.seed)
+    tok = AutoTokenizer.from_pretrained(str(lm_dir))
+    model = _build_model(Path(lm_dir), cfg.init, tok)
+
+    def batch(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate(rows, tok.unk_token_id) | {"one_word": [r["one_word"] for r in rows]}
+
+    erng = random.Random(f"probe-eval:{cfg.eval_seed}")
+    held_out = [sample(cfg.eval_seed, i, erng, cfg.form, tok, model.image_token_id) for i in range(cfg.eval_n)]
+    eval_batches = [batch(held_out[i: i + 50]) for i in range(0, len(held_out), 50)]
+    rng = random.Random(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    curve, t0 = [], time.time()
+    for step in range(1, cfg.steps + 1):
+        b = batch([sample(cfg.world_seed, rng.randrange(cfg.scenes), rng, cfg.form, tok, model.image_token_id)
+                   for _ in range(cfg.batch_size)])
+        loss = model.lm(inputs_embeds=model.embed(b["input_ids"], b["pixel_values"]),
+                        attention_mask=b["attention_mask"], labels=b["labels"]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % cfg.every == 0 or step == cfg.steps:
+            acc, one = accuracy(model, eval_batches)
+            curve.append((step, acc, one))
+            log(f"step {step} loss {loss.item():.3f} held-out {acc:.1%} one-word names {one:.1%} "
+                f"(bag level {BAG_LEVEL:.1%}) {time.time() - t0:.0f}s")
+    return curve
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.demo.lookup_probe", description=__doc__.splitlines()[0])
+    p.add_argument("--lm", default="build/demo/base-llm", help="the recipe's base LLaMA (its config, for scratch)")
+    p.add_argument("--form", choices=FORMS, default=ProbeConfig.form)
+    p.add_argument("--init", choices=("base", "scratch"), default=ProbeConfig.init)
+    p.add_argument("--lr", type=float, default=ProbeConfig.lr)
+    p.add_argument("--steps", type=int, default=ProbeConfig.steps)
+    p.add_argument("--every", type=int, default=ProbeConfig.every)
+    args = p.parse_args(argv)
+    if not (Path(args.lm) / "config.json").is_file():
+        print(f"lookup_probe: error: {args.lm} is not a model directory (run the recipe's lm stage first)",
+              file=sys.stderr)
+        return 2
+    cfg = ProbeConfig(form=args.form, init=args.init, lr=args.lr, steps=args.steps, every=args.every)
+    probe(args.lm, cfg, log=lambda s: print(s, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
