@@ -293,7 +293,7 @@ def test_lookup_probe_asks_one_position_question_in_each_form_and_trains(toy, tm
         else:
             assert tok.decode(answer, skip_special_tokens=True).strip() == qa.answer
             assert qa.question in prompt and (("USER:" in prompt) == (form == "chat"))
-    curve = probe(tmp_path / "lm", ProbeConfig(form="question", steps=2, batch_size=4, every=1, eval_n=6),
-                  log=lambda s: None)
+    curve = probe(tmp_path / "lm", ProbeConfig(form="question", steps=2, batch_size=4, every=1, eval_n=6,
+                                               warm_form="ref", warm_steps=1), log=lambda s: None)
     assert [c[0] for c in curve] == [1, 2] and all(0 <= a <= 1 and 0 <= w <= 1 for _, a, w in curve)
     assert abs(BAG_LEVEL - 0.4567) < 1e-4

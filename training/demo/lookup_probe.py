@@ -11,7 +11,8 @@ Contract:
     - "chat":     the eval's own prompt in `vicuna_v1` (system prompt, short-answer instruction) → " top left</s>".
 - The model is a fresh `mlp2x_gelu` projector plus either the recipe's base LLaMA (`init="base"`) or the same
   architecture at random init (`init="scratch"`), trained with AdamW at a constant learning rate on answer tokens
-  only (clip 1.0, no weight decay: the stage-2 preset's optimiser without its schedule).
+  only (clip 1.0, no weight decay: the stage-2 preset's optimiser without its schedule); optionally in `warm_form`
+  for the first `warm_steps` steps, a curriculum.
 - `probe()` returns the held-out accuracy curve: every `every` steps, the share of `eval_n` questions (world
   `eval_seed`) whose answer tokens are all argmax-right given the prompt (= greedy decoding of the answer), over all
   questions and over those about scenes whose shapes all differ (the name is one word).
@@ -57,6 +58,8 @@ class ProbeConfig:
     eval_seed: int = 1000
     eval_n: int = 300
     seed: int = 0
+    warm_form: str | None = None  # train in this form for the first `warm_steps` steps (a curriculum), then `form`
+    warm_steps: int = 0
 
 
 def _answer_ids(form: str, answer: str, tok: Any) -> list[int]:
@@ -129,8 +132,9 @@ def probe(lm_dir: str | Path, cfg: ProbeConfig, log=print) -> list[tuple[int, fl
 
     from training.dataset import collate
 
-    if cfg.form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, not {cfg.form!r}")
+    for form in (cfg.form, cfg.warm_form or cfg.form):
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, not {form!r}")
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(str(lm_dir))
     model = _build_model(Path(lm_dir), cfg.init, tok)
@@ -145,7 +149,8 @@ def probe(lm_dir: str | Path, cfg: ProbeConfig, log=print) -> list[tuple[int, fl
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     curve, t0 = [], time.time()
     for step in range(1, cfg.steps + 1):
-        b = batch([sample(cfg.world_seed, rng.randrange(cfg.scenes), rng, cfg.form, tok, model.image_token_id)
+        form = cfg.warm_form if cfg.warm_form and step <= cfg.warm_steps else cfg.form
+        b = batch([sample(cfg.world_seed, rng.randrange(cfg.scenes), rng, form, tok, model.image_token_id)
                    for _ in range(cfg.batch_size)])
         loss = model.lm(inputs_embeds=model.embed(b["input_ids"], b["pixel_values"]),
                         attention_mask=b["attention_mask"], labels=b["labels"]).loss
@@ -169,12 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=ProbeConfig.lr)
     p.add_argument("--steps", type=int, default=ProbeConfig.steps)
     p.add_argument("--every", type=int, default=ProbeConfig.every)
+    p.add_argument("--warm-form", choices=FORMS, help="train in this form first (held-out accuracy stays on --form)")
+    p.add_argument("--warm-steps", type=int, default=0, help="how many steps the --warm-form phase lasts")
     args = p.parse_args(argv)
     if not (Path(args.lm) / "config.json").is_file():
         print(f"lookup_probe: error: {args.lm} is not a model directory (run the recipe's lm stage first)",
               file=sys.stderr)
         return 2
-    cfg = ProbeConfig(form=args.form, init=args.init, lr=args.lr, steps=args.steps, every=args.every)
+    cfg = ProbeConfig(form=args.form, init=args.init, lr=args.lr, steps=args.steps, every=args.every,
+                      warm_form=args.warm_form, warm_steps=args.warm_steps)
     probe(args.lm, cfg, log=lambda s: print(s, flush=True))
     return 0
 
