@@ -266,9 +266,9 @@ def test_lookup_probe_asks_one_position_question_in_each_form_and_trains(toy, tm
     from transformers import AutoTokenizer
 
     from training.datagen import teacher
-    from training.datagen.world import CELL_OF_REGION, make_scene
+    from training.datagen.world import CELL_OF_REGION, make_scene, referable
     from training.demo.lm_pretrain import LMConfig, pretrain_lm
-    from training.demo.lookup_probe import BAG_LEVEL, FORMS, ProbeConfig, encode_example, probe
+    from training.demo.lookup_probe import BAG_LEVEL, ProbeConfig, encode_example, encode_listing, probe
 
     _, _, texts, tok_dir = toy
     pretrain_lm(texts, tok_dir, tmp_path / "lm", LMConfig(hidden_size=64, intermediate_size=128, num_layers=2,
@@ -279,7 +279,7 @@ def test_lookup_probe_asks_one_position_question_in_each_form_and_trains(toy, tm
     scene = next(s for i in range(50) if len((s := make_scene(0, i)).objects) >= 3)
     qa = teacher.sample_qa(scene, random.Random(0), "position")
     obj = next(o for o in scene.objects if o.region == qa.answer)
-    for form in FORMS:
+    for form in ("ref", "question", "chat"):  # the question forms; "list" names every object, below
         ex = encode_example(scene, qa, form, tok, image_id)
         ids, labels = ex["input_ids"].tolist(), ex["labels"].tolist()
         assert ids.count(image_id) == 9 and len(ids) == len(labels)
@@ -293,7 +293,12 @@ def test_lookup_probe_asks_one_position_question_in_each_form_and_trains(toy, tm
         else:
             assert tok.decode(answer, skip_special_tokens=True).strip() == qa.answer
             assert qa.question in prompt and (("USER:" in prompt) == (form == "chat"))
+    ex = encode_listing(scene, random.Random(1), tok, image_id)
+    answer = tok.decode([t for t in ex["labels"].tolist() if t >= 0], skip_special_tokens=True)
+    entries = [e.strip() for e in answer.split(".") if e.strip()]
+    assert sorted(entries) == sorted(f"{ref}: {o.region}" for o, ref in referable(scene))
+    assert ex["input_ids"].tolist().count(image_id) == 9
     curve = probe(tmp_path / "lm", ProbeConfig(form="question", steps=2, batch_size=4, every=1, eval_n=6,
-                                               warm_form="ref", warm_steps=1), log=lambda s: None)
+                                               warm_form="list", warm_steps=1, warm_share=0.5), log=lambda s: None)
     assert [c[0] for c in curve] == [1, 2] and all(0 <= a <= 1 and 0 <= w <= 1 for _, a, w in curve)
     assert abs(BAG_LEVEL - 0.4567) < 1e-4

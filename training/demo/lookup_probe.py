@@ -8,7 +8,9 @@ Contract:
   one of three forms (`FORMS`):
     - "ref":      the image, then only the object's name (" red circle") → its cell, as one of nine output ids;
     - "question": the image, then " Where is the red circle? ASSISTANT:" → " top left</s>";
-    - "chat":     the eval's own prompt in `vicuna_v1` (system prompt, short-answer instruction) → " top left</s>".
+    - "chat":     the eval's own prompt in `vicuna_v1` (system prompt, short-answer instruction) → " top left</s>";
+    - "list":     the image, then every nameable object as " red circle: top left." in random order, all trained
+                  (each region right after its name; random order, so reading the cells in turn cannot do it).
 - The model is a fresh `mlp2x_gelu` projector plus either the recipe's base LLaMA (`init="base"`) or the same
   architecture at random init (`init="scratch"`), trained with AdamW at a constant learning rate on answer tokens
   only (clip 1.0, no weight decay: the stage-2 preset's optimiser without its schedule); optionally in `warm_form`
@@ -34,12 +36,12 @@ from typing import Any
 import torch
 
 from training.datagen import teacher
-from training.datagen.world import CELL_OF_REGION, Scene, make_scene
+from training.datagen.world import CELL_OF_REGION, Scene, make_scene, referable
 
 from .corpus import prompt_of
 from .perfect_tower import PerfectLlava, cell_features
 
-FORMS = ("ref", "question", "chat")
+FORMS = ("ref", "question", "chat", "list")
 # 1 to 5 objects with equal odds, one of them picked at random: (1 + 1/2 + 1/3 + 1/4 + 1/5) / 5
 BAG_LEVEL = sum(1 / k for k in range(1, 6)) / 5
 _REF = re.compile(r"the (.+?)(?: in the image)?\?$")  # the object's name inside any of the teacher's phrasings
@@ -60,6 +62,7 @@ class ProbeConfig:
     seed: int = 0
     warm_form: str | None = None  # train in this form for the first `warm_steps` steps (a curriculum), then `form`
     warm_steps: int = 0
+    warm_share: float = 0.0  # after the warm phase, this share of each batch stays in `warm_form` (a mix)
 
 
 def _answer_ids(form: str, answer: str, tok: Any) -> list[int]:
@@ -86,12 +89,27 @@ def encode_example(scene: Scene, qa: teacher.QA, form: str, tok: Any, image_id: 
             "pixel_values": cell_features(scene)[None], "truncated": False, "one_word": " " not in _ref_of(qa)}
 
 
+def encode_listing(scene: Scene, rng: random.Random, tok: Any, image_id: int) -> dict[str, Any]:
+    """The "list" form: every object a unique phrase names, in random order, each followed by its region."""
+    from training.dataset import IGNORE_INDEX
+
+    named = referable(scene)
+    rng.shuffle(named)
+    prompt = [tok.bos_token_id] + [image_id] * 9
+    answer = tok.encode("".join(f" {ref}: {o.region}." for o, ref in named), add_special_tokens=False)
+    answer.append(tok.eos_token_id)
+    return {"input_ids": torch.tensor(prompt + answer), "labels": torch.tensor([IGNORE_INDEX] * len(prompt) + answer),
+            "pixel_values": cell_features(scene)[None], "truncated": False, "one_word": False}
+
+
 def _ref_of(qa: teacher.QA) -> str:
     return _REF.search(qa.question).group(1)
 
 
 def sample(world_seed: int, index: int, rng: random.Random, form: str, tok: Any, image_id: int) -> dict[str, Any]:
     """A position question about scene `index`, or the next scene that has a uniquely named object."""
+    if form == "list":
+        return encode_listing(make_scene(world_seed, index), rng, tok, image_id)
     while (qa := teacher.sample_qa(scene := make_scene(world_seed, index), rng, "position")) is None:
         index += 1
     return encode_example(scene, qa, form, tok, image_id)
@@ -149,8 +167,11 @@ def probe(lm_dir: str | Path, cfg: ProbeConfig, log=print) -> list[tuple[int, fl
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     curve, t0 = [], time.time()
     for step in range(1, cfg.steps + 1):
-        form = cfg.warm_form if cfg.warm_form and step <= cfg.warm_steps else cfg.form
-        b = batch([sample(cfg.world_seed, rng.randrange(cfg.scenes), rng, form, tok, model.image_token_id)
+        def form() -> str:
+            warm = step <= cfg.warm_steps or rng.random() < cfg.warm_share
+            return cfg.warm_form if cfg.warm_form and warm else cfg.form
+
+        b = batch([sample(cfg.world_seed, rng.randrange(cfg.scenes), rng, form(), tok, model.image_token_id)
                    for _ in range(cfg.batch_size)])
         loss = model.lm(inputs_embeds=model.embed(b["input_ids"], b["pixel_values"]),
                         attention_mask=b["attention_mask"], labels=b["labels"]).loss
@@ -176,13 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=ProbeConfig.every)
     p.add_argument("--warm-form", choices=FORMS, help="train in this form first (held-out accuracy stays on --form)")
     p.add_argument("--warm-steps", type=int, default=0, help="how many steps the --warm-form phase lasts")
+    p.add_argument("--warm-share", type=float, default=0.0, help="share of --warm-form examples after that phase")
     args = p.parse_args(argv)
     if not (Path(args.lm) / "config.json").is_file():
         print(f"lookup_probe: error: {args.lm} is not a model directory (run the recipe's lm stage first)",
               file=sys.stderr)
         return 2
     cfg = ProbeConfig(form=args.form, init=args.init, lr=args.lr, steps=args.steps, every=args.every,
-                      warm_form=args.warm_form, warm_steps=args.warm_steps)
+                      warm_form=args.warm_form, warm_steps=args.warm_steps, warm_share=args.warm_share)
     probe(args.lm, cfg, log=lambda s: print(s, flush=True))
     return 0
 
