@@ -4,8 +4,8 @@
 
 Contract:
 - Each example is one scene of the training world (`make_scene(world_seed, i)`, i < `scenes`), its 9 perfect-tower
-  cell features (`perfect_tower.cell_features`) in the image slots, and one teacher position question about it, in
-  one of three forms (`FORMS`):
+  cell features (`perfect_tower.cell_features`) in the image slots, and text in one of four forms (`FORMS`): one
+  teacher position question in the first three, every object's region in the last:
     - "ref":      the image, then only the object's name (" red circle") → its cell, as one of nine output ids;
     - "question": the image, then " Where is the red circle? ASSISTANT:" → " top left</s>";
     - "chat":     the eval's own prompt in `vicuna_v1` (system prompt, short-answer instruction) → " top left</s>";
@@ -14,10 +14,10 @@ Contract:
 - The model is a fresh `mlp2x_gelu` projector plus either the recipe's base LLaMA (`init="base"`) or the same
   architecture at random init (`init="scratch"`), trained with AdamW at a constant learning rate on answer tokens
   only (clip 1.0, no weight decay: the stage-2 preset's optimiser without its schedule); optionally in `warm_form`
-  for the first `warm_steps` steps, a curriculum.
+  for the first `warm_steps` steps (a curriculum) and in `warm_share` of every batch after them (a mix).
 - `probe()` returns the held-out accuracy curve: every `every` steps, the share of `eval_n` questions (world
   `eval_seed`) whose answer tokens are all argmax-right given the prompt (= greedy decoding of the answer), over all
-  questions and over those about scenes whose shapes all differ (the name is one word).
+  questions and over those whose object is named by one word (its shape).
 - `BAG_LEVEL` is what a model scores that knows which cells are occupied but not which object was named; a curve
   that stays there has not learned the lookup (docs/demo-model.md, "What the sixth round measured").
 """
