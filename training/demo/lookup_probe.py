@@ -64,6 +64,18 @@ class ProbeConfig:
     warm_steps: int = 0
     warm_share: float = 0.0  # after the warm phase, this share of each batch stays in `warm_form` (a mix)
 
+    def __post_init__(self) -> None:
+        for form in (self.form, self.warm_form or self.form):
+            if form not in FORMS:
+                raise ValueError(f"form must be one of {FORMS}, not {form!r}")
+        if self.init not in ("base", "scratch"):
+            raise ValueError(f"init must be base or scratch, not {self.init!r}")
+
+    def form_at(self, step: int, rng: random.Random) -> str:
+        """The form of one example at `step` (1-based): the warm phase, then `form` with `warm_share` kept warm."""
+        warm = step <= self.warm_steps or rng.random() < self.warm_share
+        return self.warm_form if self.warm_form and warm else self.form
+
 
 def _answer_ids(form: str, answer: str, tok: Any) -> list[int]:
     if form == "ref":  # nine output ids of their own: the last nine ordinary pieces, below <image>
@@ -80,13 +92,11 @@ def encode_example(scene: Scene, qa: teacher.QA, form: str, tok: Any, image_id: 
     if form == "chat":
         turns = [Turn("user", prompt_of(qa), 1), Turn("assistant", qa.answer)]
         ids, labels = encode(get_template("vicuna_v1").render(turns, add_generation_prompt=False), tok, image_id, 9)
-    else:
-        text = f" {_REF.search(qa.question).group(1)}" if form == "ref" else f" {qa.question} ASSISTANT:"
-        prompt = [tok.bos_token_id] + [image_id] * 9 + tok.encode(text, add_special_tokens=False)
-        answer = _answer_ids(form, qa.answer, tok)
-        ids, labels = prompt + answer, [IGNORE_INDEX] * len(prompt) + answer
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-            "pixel_values": cell_features(scene)[None], "truncated": False, "one_word": " " not in _ref_of(qa)}
+        return _row(ids, labels, scene, " " not in _ref_of(qa))
+    text = f" {_ref_of(qa)}" if form == "ref" else f" {qa.question} ASSISTANT:"
+    prompt = _image_prefix(tok, image_id) + tok.encode(text, add_special_tokens=False)
+    answer = _answer_ids(form, qa.answer, tok)
+    return _row(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer, scene, " " not in _ref_of(qa))
 
 
 def encode_listing(scene: Scene, rng: random.Random, tok: Any, image_id: int) -> dict[str, Any]:
@@ -95,15 +105,25 @@ def encode_listing(scene: Scene, rng: random.Random, tok: Any, image_id: int) ->
 
     named = referable(scene)
     rng.shuffle(named)
-    prompt = [tok.bos_token_id] + [image_id] * 9
+    prompt = _image_prefix(tok, image_id)
     answer = tok.encode("".join(f" {ref}: {o.region}." for o, ref in named), add_special_tokens=False)
     answer.append(tok.eos_token_id)
-    return {"input_ids": torch.tensor(prompt + answer), "labels": torch.tensor([IGNORE_INDEX] * len(prompt) + answer),
-            "pixel_values": cell_features(scene)[None], "truncated": False, "one_word": False}
+    return _row(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer, scene, False)
 
 
 def _ref_of(qa: teacher.QA) -> str:
     return _REF.search(qa.question).group(1)
+
+
+def _image_prefix(tok: Any, image_id: int) -> list[int]:
+    """BOS and the image's 9 slots: how the forms without a chat template open."""
+    return [tok.bos_token_id] + [image_id] * 9
+
+
+def _row(ids: list[int], labels: list[int], scene: Scene, one_word: bool) -> dict[str, Any]:
+    """A `training.dataset.collate` row, the scene's cell features in the image slots."""
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": cell_features(scene)[None],
+            "truncated": False, "one_word": one_word}
 
 
 def sample(world_seed: int, index: int, rng: random.Random, form: str, tok: Any, image_id: int) -> dict[str, Any]:
@@ -120,10 +140,8 @@ def _build_model(lm_dir: Path, init: str, tok: Any) -> PerfectLlava:
 
     if init == "base":
         lm = LlamaForCausalLM.from_pretrained(str(lm_dir), dtype=torch.float32)
-    elif init == "scratch":
+    else:  # "scratch" (ProbeConfig checks)
         lm = LlamaForCausalLM(LlamaConfig.from_pretrained(str(lm_dir)))
-    else:
-        raise ValueError(f"init must be base or scratch, not {init!r}")
     return PerfectLlava(lm, tok.convert_tokens_to_ids("<image>"))
 
 
@@ -133,8 +151,7 @@ def accuracy(model: PerfectLlava, batches: list[dict[str, Any]]) -> tuple[float,
     model.eval()
     right, one_word = [], []
     for b in batches:
-        logits = model.lm(inputs_embeds=model.embed(b["input_ids"], b["pixel_values"]),
-                          attention_mask=b["attention_mask"]).logits
+        logits = model(b, with_labels=False).logits
         target = b["labels"][:, 1:]
         ok = ((logits[:, :-1].argmax(-1) == target) | (target < 0)).all(-1)
         right += ok.tolist()
@@ -150,9 +167,6 @@ def probe(lm_dir: str | Path, cfg: ProbeConfig, log=print) -> list[tuple[int, fl
 
     from training.dataset import collate
 
-    for form in (cfg.form, cfg.warm_form or cfg.form):
-        if form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, not {form!r}")
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(str(lm_dir))
     model = _build_model(Path(lm_dir), cfg.init, tok)
@@ -167,14 +181,9 @@ def probe(lm_dir: str | Path, cfg: ProbeConfig, log=print) -> list[tuple[int, fl
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     curve, t0 = [], time.time()
     for step in range(1, cfg.steps + 1):
-        def form() -> str:
-            warm = step <= cfg.warm_steps or rng.random() < cfg.warm_share
-            return cfg.warm_form if cfg.warm_form and warm else cfg.form
-
-        b = batch([sample(cfg.world_seed, rng.randrange(cfg.scenes), rng, form(), tok, model.image_token_id)
-                   for _ in range(cfg.batch_size)])
-        loss = model.lm(inputs_embeds=model.embed(b["input_ids"], b["pixel_values"]),
-                        attention_mask=b["attention_mask"], labels=b["labels"]).loss
+        b = batch([sample(cfg.world_seed, rng.randrange(cfg.scenes), rng, cfg.form_at(step, rng), tok,
+                          model.image_token_id) for _ in range(cfg.batch_size)])
+        loss = model(b).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

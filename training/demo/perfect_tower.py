@@ -90,6 +90,11 @@ class PerfectLlava(nn.Module):
             emb = emb.masked_scatter(slots.unsqueeze(-1), self.projector(feats).to(emb.dtype))
         return emb
 
+    def forward(self, batch: dict[str, Any], with_labels: bool = True) -> Any:
+        """A collated batch (ids, attention mask, (B, 9, F) features, labels) through the LLaMA: its HF output."""
+        return self.lm(inputs_embeds=self.embed(batch["input_ids"], batch["pixel_values"]),
+                       attention_mask=batch["attention_mask"], labels=batch["labels"] if with_labels else None)
+
 
 def _encode_records(records: list[dict[str, Any]], tok: Any, world_seed: int,
                     context_length: int = 512) -> list[dict[str, Any]]:
@@ -133,8 +138,7 @@ def train(model: PerfectLlava, data: list[dict[str, Any]], cfg: PerfectTowerConf
     for step, idx in zip(range(cfg.steps), steps()):
         b = collate([data[i] for i in idx], pad_id)  # pixel_values: (B, 9, F) cell features
         with autocast:
-            loss = model.lm(inputs_embeds=model.embed(b["input_ids"], b["pixel_values"]),
-                            attention_mask=b["attention_mask"], labels=b["labels"]).loss
+            loss = model(b).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
