@@ -73,7 +73,8 @@ class ProbeConfig:
 
     def form_at(self, step: int, rng: random.Random) -> str:
         """The form of one example at `step` (1-based): the warm phase, then `form` with `warm_share` kept warm."""
-        warm = step <= self.warm_steps or rng.random() < self.warm_share
+        # draw only for a mix, so that runs without one see the same data as before `warm_share` existed
+        warm = step <= self.warm_steps or (self.warm_share > 0 and rng.random() < self.warm_share)
         return self.warm_form if self.warm_form and warm else self.form
 
 
