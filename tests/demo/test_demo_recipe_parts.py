@@ -302,3 +302,34 @@ def test_lookup_probe_asks_one_position_question_in_each_form_and_trains(toy, tm
                                                warm_form="list", warm_steps=1, warm_share=0.5), log=lambda s: None)
     assert [c[0] for c in curve] == [1, 2] and all(0 <= a <= 1 and 0 <= w <= 1 for _, a, w in curve)
     assert abs(BAG_LEVEL - 0.4567) < 1e-4
+
+
+def _tiny_tower(path, patch_size):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     image_size=30, patch_size=patch_size)).save_pretrained(str(path))
+    return path
+
+
+def test_lookup_probe_reads_a_real_towers_tokens(toy, tmp_path):
+    from training.datagen.world import make_scene
+    from training.demo.lm_pretrain import LMConfig, pretrain_lm
+    from training.demo.lookup_probe import ProbeConfig, TowerFeatures, main, probe
+
+    _, _, texts, tok_dir = toy
+    pretrain_lm(texts, tok_dir, tmp_path / "lm", LMConfig(hidden_size=64, intermediate_size=128, num_layers=2,
+                                                           num_heads=2, num_kv_heads=2, seq_len=64, batch_size=4,
+                                                           steps=1, warmup=1))
+    tower = _tiny_tower(tmp_path / "tower", 10)  # 30 px, patch 10: one token per grid cell
+    feats = TowerFeatures(tower)
+    a, b = feats(make_scene(0, 1)), feats(make_scene(0, 2))
+    assert a.shape == (9, 16) and not torch.equal(a, b)  # the scene's own pixels, not a constant
+    curve = probe(tmp_path / "lm", ProbeConfig(form="chat", steps=2, batch_size=4, every=2, eval_n=4, tower=str(tower),
+                                               projector_lr=1e-2, warm_form="list", warm_steps=1), log=lambda s: None)
+    assert [c[0] for c in curve] == [2]
+    with pytest.raises(ValueError, match="3x3"):
+        TowerFeatures(_tiny_tower(tmp_path / "t2", 15))  # 2x2 tokens cannot stand for the 3x3 grid
+    assert main(["--lm", str(tmp_path / "lm"), "--tower", str(tmp_path / "nope")]) == 2
+    assert main(["--lm", str(tmp_path / "lm"), "--tower", str(tmp_path / "t2"), "--steps", "1"]) == 2

@@ -11,10 +11,14 @@ Contract:
     - "chat":     the eval's own prompt in `vicuna_v1` (system prompt, short-answer instruction) → " top left</s>";
     - "list":     the image, then every nameable object as " red circle: top left." in random order, all trained
                   (each region right after its name; random order, so reading the cells in turn cannot do it).
+- With `tower` (an HF `CLIPVisionModel` directory, e.g. the recipe's `base-clip`), the image slots get that tower's
+  real tokens instead: the scene rendered and preprocessed as the recipe does (`pad`), the last layer, class token
+  dropped (the stage presets' `vision_feature_layer: -1`, `default`); the tower stays frozen. `TowerFeatures`.
 - The model is a fresh `mlp2x_gelu` projector plus either the recipe's base LLaMA (`init="base"`) or the same
   architecture at random init (`init="scratch"`), trained with AdamW at a constant learning rate on answer tokens
-  only (clip 1.0, no weight decay: the stage-2 preset's optimiser without its schedule); optionally in `warm_form`
-  for the first `warm_steps` steps (a curriculum) and in `warm_share` of every batch after them (a mix).
+  only (clip 1.0, no weight decay: the stage-2 preset's optimiser without its schedule; `projector_lr` gives the
+  projector its own rate, as `optim.projector_lr` does); optionally in `warm_form` for the first `warm_steps` steps
+  (a curriculum) and in `warm_share` of every batch after them (a mix).
 - `probe()` returns the held-out accuracy curve: every `every` steps, the share of `eval_n` questions (world
   `eval_seed`) whose answer tokens are all argmax-right given the prompt (= greedy decoding of the answer), over all
   questions and over those whose object is named by one word (its shape).
@@ -29,6 +33,7 @@ import random
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +44,7 @@ from training.datagen import teacher
 from training.datagen.world import CELL_OF_REGION, Scene, make_scene, referable
 
 from .corpus import prompt_of
-from .perfect_tower import PerfectLlava, cell_features
+from .perfect_tower import N_FEATURES, PerfectLlava, cell_features
 
 FORMS = ("ref", "question", "chat", "list")
 # 1 to 5 objects with equal odds, one of them picked at random: (1 + 1/2 + 1/3 + 1/4 + 1/5) / 5
@@ -63,6 +68,8 @@ class ProbeConfig:
     warm_form: str | None = None  # train in this form for the first `warm_steps` steps (a curriculum), then `form`
     warm_steps: int = 0
     warm_share: float = 0.0  # after the warm phase, this share of each batch stays in `warm_form` (a mix)
+    tower: str | None = None  # a CLIPVisionModel directory: its tokens replace the perfect features
+    projector_lr: float | None = None  # the projector's own learning rate (default: `lr`)
 
     def __post_init__(self) -> None:
         for form in (self.form, self.warm_form or self.form):
@@ -85,7 +92,39 @@ def _answer_ids(form: str, answer: str, tok: Any) -> list[int]:
     return tok.encode(f" {answer}", add_special_tokens=False) + [tok.eos_token_id]
 
 
-def encode_example(scene: Scene, qa: teacher.QA, form: str, tok: Any, image_id: int) -> dict[str, Any]:
+Features = Callable[[Scene], torch.Tensor]  # a scene → its (9, F) image-slot features
+
+
+class TowerFeatures:
+    """A real vision tower's tokens for a scene, (9, hidden), as LLaVA's stages read them; cached per scene."""
+
+    def __init__(self, tower_dir: str | Path) -> None:
+        from transformers import CLIPVisionModel
+
+        from llava_local.preprocess import PreprocessConfig
+
+        self.tower = CLIPVisionModel.from_pretrained(str(tower_dir), dtype=torch.float32).eval()
+        size = self.tower.config.image_size
+        self.pp, self.width = PreprocessConfig(mode="pad", size=size), self.tower.config.hidden_size
+        grid = size // self.tower.config.patch_size
+        if grid * grid != 9:
+            raise ValueError(f"{tower_dir}: {grid}x{grid} patch tokens; the probe needs 3x3, one per grid cell")
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, scene: Scene) -> torch.Tensor:
+        if scene.key not in self._cache:
+            from llava_local.preprocess import preprocess
+            from training.datagen.render import render
+
+            pixels = torch.from_numpy(preprocess(render(scene, self.tower.config.image_size), self.pp))
+            out = self.tower(pixel_values=pixels, output_hidden_states=True)
+            self._cache[scene.key] = out.hidden_states[-1][0, 1:].clone()  # (9, hidden): CLS dropped
+        return self._cache[scene.key]
+
+
+def encode_example(scene: Scene, qa: teacher.QA, form: str, tok: Any, image_id: int,
+                   features: Features = cell_features) -> dict[str, Any]:
     """One position question → a `training.dataset` sample (9 image slots, labels on the answer only)."""
     from llava_local.templates import Turn, get_template
     from training.dataset import IGNORE_INDEX, encode
@@ -93,14 +132,15 @@ def encode_example(scene: Scene, qa: teacher.QA, form: str, tok: Any, image_id: 
     if form == "chat":
         turns = [Turn("user", prompt_of(qa), 1), Turn("assistant", qa.answer)]
         ids, labels = encode(get_template("vicuna_v1").render(turns, add_generation_prompt=False), tok, image_id, 9)
-        return _row(ids, labels, scene, " " not in _ref_of(qa))
+        return _row(ids, labels, features(scene), " " not in _ref_of(qa))
     text = f" {_ref_of(qa)}" if form == "ref" else f" {qa.question} ASSISTANT:"
     prompt = _image_prefix(tok, image_id) + tok.encode(text, add_special_tokens=False)
     answer = _answer_ids(form, qa.answer, tok)
-    return _row(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer, scene, " " not in _ref_of(qa))
+    return _row(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer, features(scene), " " not in _ref_of(qa))
 
 
-def encode_listing(scene: Scene, rng: random.Random, tok: Any, image_id: int) -> dict[str, Any]:
+def encode_listing(scene: Scene, rng: random.Random, tok: Any, image_id: int,
+                   features: Features = cell_features) -> dict[str, Any]:
     """The "list" form: every object a unique phrase names, in random order, each followed by its region."""
     from training.dataset import IGNORE_INDEX
 
@@ -109,7 +149,7 @@ def encode_listing(scene: Scene, rng: random.Random, tok: Any, image_id: int) ->
     prompt = _image_prefix(tok, image_id)
     answer = tok.encode("".join(f" {ref}: {o.region}." for o, ref in named), add_special_tokens=False)
     answer.append(tok.eos_token_id)
-    return _row(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer, scene, False)
+    return _row(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer, features(scene), False)
 
 
 def _ref_of(qa: teacher.QA) -> str:
@@ -121,29 +161,30 @@ def _image_prefix(tok: Any, image_id: int) -> list[int]:
     return [tok.bos_token_id] + [image_id] * 9
 
 
-def _row(ids: list[int], labels: list[int], scene: Scene, one_word: bool) -> dict[str, Any]:
-    """A `training.dataset.collate` row, the scene's cell features in the image slots."""
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": cell_features(scene)[None],
+def _row(ids: list[int], labels: list[int], feats: torch.Tensor, one_word: bool) -> dict[str, Any]:
+    """A `training.dataset.collate` row, the scene's (9, F) features in the image slots."""
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixel_values": feats[None],
             "truncated": False, "one_word": one_word}
 
 
-def sample(world_seed: int, index: int, rng: random.Random, form: str, tok: Any, image_id: int) -> dict[str, Any]:
+def sample(world_seed: int, index: int, rng: random.Random, form: str, tok: Any, image_id: int,
+           features: Features = cell_features) -> dict[str, Any]:
     """A position question about scene `index`, or the next scene that has a uniquely named object."""
     if form == "list":
-        return encode_listing(make_scene(world_seed, index), rng, tok, image_id)
+        return encode_listing(make_scene(world_seed, index), rng, tok, image_id, features)
     while (qa := teacher.sample_qa(scene := make_scene(world_seed, index), rng, "position")) is None:
         index += 1
-    return encode_example(scene, qa, form, tok, image_id)
+    return encode_example(scene, qa, form, tok, image_id, features)
 
 
-def _build_model(lm_dir: Path, init: str, tok: Any) -> PerfectLlava:
+def _build_model(lm_dir: Path, init: str, tok: Any, in_features: int = N_FEATURES) -> PerfectLlava:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if init == "base":
         lm = LlamaForCausalLM.from_pretrained(str(lm_dir), dtype=torch.float32)
     else:  # "scratch" (ProbeConfig checks)
         lm = LlamaForCausalLM(LlamaConfig.from_pretrained(str(lm_dir)))
-    return PerfectLlava(lm, tok.convert_tokens_to_ids("<image>"))
+    return PerfectLlava(lm, tok.convert_tokens_to_ids("<image>"), in_features)
 
 
 @torch.no_grad()
@@ -170,20 +211,28 @@ def probe(lm_dir: str | Path, cfg: ProbeConfig, log=print) -> list[tuple[int, fl
 
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(str(lm_dir))
-    model = _build_model(Path(lm_dir), cfg.init, tok)
+    features: Features = cell_features
+    in_features = N_FEATURES
+    if cfg.tower is not None:
+        tower = TowerFeatures(cfg.tower)
+        features, in_features = tower, tower.width
+    model = _build_model(Path(lm_dir), cfg.init, tok, in_features)
 
     def batch(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return collate(rows, tok.unk_token_id) | {"one_word": [r["one_word"] for r in rows]}
 
     erng = random.Random(f"probe-eval:{cfg.eval_seed}")
-    held_out = [sample(cfg.eval_seed, i, erng, cfg.form, tok, model.image_token_id) for i in range(cfg.eval_n)]
+    held_out = [sample(cfg.eval_seed, i, erng, cfg.form, tok, model.image_token_id, features)
+                for i in range(cfg.eval_n)]
     eval_batches = [batch(held_out[i: i + 50]) for i in range(0, len(held_out), 50)]
     rng = random.Random(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([{"params": model.lm.parameters()},
+                             {"params": model.projector.parameters(), "lr": cfg.projector_lr or cfg.lr}],
+                            lr=cfg.lr, weight_decay=0.0)
     curve, t0 = [], time.time()
     for step in range(1, cfg.steps + 1):
         b = batch([sample(cfg.world_seed, rng.randrange(cfg.scenes), rng, cfg.form_at(step, rng), tok,
-                          model.image_token_id) for _ in range(cfg.batch_size)])
+                          model.image_token_id, features) for _ in range(cfg.batch_size)])
         loss = model(b).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -208,14 +257,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm-form", choices=FORMS, help="train in this form first (held-out accuracy stays on --form)")
     p.add_argument("--warm-steps", type=int, default=0, help="how many steps the --warm-form phase lasts")
     p.add_argument("--warm-share", type=float, default=0.0, help="share of --warm-form examples after that phase")
+    p.add_argument("--tower", help="a vision tower directory (e.g. build/demo/base-clip): its tokens, not perfect ones")
+    p.add_argument("--projector-lr", type=float, help="the projector's learning rate (default: --lr)")
     args = p.parse_args(argv)
     if not (Path(args.lm) / "config.json").is_file():
         print(f"lookup_probe: error: {args.lm} is not a model directory (run the recipe's lm stage first)",
               file=sys.stderr)
         return 2
+    if args.tower and not (Path(args.tower) / "config.json").is_file():
+        print(f"lookup_probe: error: {args.tower} is not a model directory (run the recipe's clip stage first)",
+              file=sys.stderr)
+        return 2
     cfg = ProbeConfig(form=args.form, init=args.init, lr=args.lr, steps=args.steps, every=args.every,
-                      warm_form=args.warm_form, warm_steps=args.warm_steps, warm_share=args.warm_share)
-    probe(args.lm, cfg, log=lambda s: print(s, flush=True))
+                      warm_form=args.warm_form, warm_steps=args.warm_steps, warm_share=args.warm_share,
+                      tower=args.tower, projector_lr=args.projector_lr)
+    try:
+        probe(args.lm, cfg, log=lambda s: print(s, flush=True))
+    except ValueError as e:  # a tower that does not give one token per grid cell
+        print(f"lookup_probe: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

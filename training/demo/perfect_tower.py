@@ -74,13 +74,13 @@ def cell_features(scene: Scene) -> torch.Tensor:
 
 
 class PerfectLlava(nn.Module):
-    """LLaMA + a projector of the one-hot cell features into its `<image>` slots (9 per image)."""
+    """LLaMA + a projector of per-cell features (the one-hot ones by default) into its `<image>` slots (9 per image)."""
 
-    def __init__(self, lm: nn.Module, image_token_id: int) -> None:
+    def __init__(self, lm: nn.Module, image_token_id: int, in_features: int = N_FEATURES) -> None:
         super().__init__()
         hidden = lm.config.hidden_size
         self.lm, self.image_token_id = lm, image_token_id
-        self.projector = nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.projector = nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
     def embed(self, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """(B, L) ids + (B, 9, F) features → (B, L, D); each row holds exactly one image's 9 slots."""
