@@ -147,6 +147,27 @@ def test_region_phrases_have_every_other_shape_as_hard_negatives():
         assert all(n.rsplit(" ", 1)[0] == phrase.rsplit(" ", 1)[0] for n in negatives)
 
 
+def test_region_phrases_can_name_every_empty_cell_empty():
+    from training.datagen.world import REGIONS, make_scene
+    from training.demo.clip_pretrain import _box_weights
+    from training.demo.corpus import region_phrases
+
+    scene = next(s for i in range(50) if len((s := make_scene(0, i)).objects) == 3)
+    pairs = region_phrases(scene, empty_cells=True)
+    assert pairs[:3] == region_phrases(scene) and len(pairs) == 9  # the objects' pairs unchanged, then 6 empty cells
+    occupied = {o.region for o in scene.objects}
+    empty = pairs[3:]
+    assert {p.split(": ")[0] for p, _, _ in empty} == set(REGIONS.values()) - occupied
+    for phrase, box, negatives in empty:
+        region = phrase.split(": ")[0]
+        assert phrase == f"{region}: empty" and len(negatives) == len(pairs[0][2])  # the same k as objects' pairs
+        assert all(n.startswith(f"{region}: ") and not n.endswith("empty") for n in negatives)
+        weights = _box_weights([box], 3)[0]  # the whole cell: all its weight on that cell's patch
+        row, col = next(k for k, v in REGIONS.items() if v == region)
+        assert weights[row * 3 + col] == 1.0
+    assert region_phrases(scene, empty_cells=True) == pairs  # seeded by the scene
+
+
 def test_box_weights_cover_exactly_the_patches_under_the_box():
     from training.demo.clip_pretrain import _box_weights
 

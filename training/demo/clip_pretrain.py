@@ -54,6 +54,8 @@ class ClipConfig:
     # its hard negatives (the recipe: the same phrase with another shape). In-batch negatives almost always
     # differ in colour or place already, so without it nothing pushes the tower to tell small shapes apart.
     hard_negative_weight: float = 0.0
+    # read by the recipe: also pair every empty grid cell with "<region>: empty" (`corpus.region_phrases`)
+    empty_regions: bool = False
     # std of the initial position embeddings. CLIP's 0.02 (a norm of ~0.2 at width 128) is tiny next to a trained
     # patch embedding (norm ~25): within a few hundred steps a token never learns its place (docs/demo-model.md).
     position_init_std: float = 0.02

@@ -33,7 +33,7 @@ from training.datagen import teacher
 from training.datagen.parse import Rejected, parse_response
 from training.datagen.prompts import DETAIL_REQUESTS, RTYPES
 from training.datagen.render import render
-from training.datagen.world import SHAPES, Scene, make_scene
+from training.datagen.world import COLOURS, REGIONS, SHAPES, SIZES, Scene, make_scene
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA instruction
 QTYPES: tuple[str, ...] = teacher.QTYPES  # colour shape count position relation existence description
@@ -187,11 +187,24 @@ def scene_text(scene: Scene) -> str:
     return " ".join(f"{o.region}: {teacher.article(o.phrase())}." for o in scene.objects)
 
 
-def region_phrases(scene: Scene) -> list[tuple[str, tuple[float, float, float, float], list[str]]]:
+def region_phrases(scene: Scene, empty_cells: bool = False,
+                   ) -> list[tuple[str, tuple[float, float, float, float], list[str]]]:
     """Each object's entry in the written scene ("top left: small red circle"), its box, and as hard negatives
-    the same entry with each other shape: the stand-in CLIP's region–phrase pairs."""
-    return [(f"{o.region}: {o.phrase()}", o.box,
-             [f"{o.region}: {replace(o, shape=s).phrase()}" for s in SHAPES if s != o.shape]) for o in scene.objects]
+    the same entry with each other shape: the stand-in CLIP's region–phrase pairs. With `empty_cells`, also each
+    empty grid cell as "top left: empty" over the whole cell, with as many objects at that place (seeded by the
+    scene) as its hard negatives: a token that never learned what "empty" looks like half-matches some object's
+    name, which keeps the LLM from finding the object a question names (docs/demo-model.md, seventh round)."""
+    pairs = [(f"{o.region}: {o.phrase()}", o.box,
+              [f"{o.region}: {replace(o, shape=s).phrase()}" for s in SHAPES if s != o.shape]) for o in scene.objects]
+    if empty_cells:
+        rng = random.Random(f"empty-cells:{scene.key}")
+        occupied = {(o.row, o.col) for o in scene.objects}
+        for (row, col), region in REGIONS.items():
+            if (row, col) not in occupied:
+                objects = [f"{region}: {rng.choice(tuple(SIZES))} {rng.choice(tuple(COLOURS))} {shape}"
+                           for shape in rng.sample(SHAPES, len(SHAPES) - 1)]
+                pairs.append((f"{region}: empty", (col / 3, row / 3, (col + 1) / 3, (row + 1) / 3), objects))
+    return pairs
 
 
 def grounded_chat(scene: Scene, turns: Sequence[tuple[str, str]]) -> Doc:

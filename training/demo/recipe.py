@@ -184,7 +184,7 @@ class Recipe:
         captions = [r["conversations"][1]["value"] for r in records]
         scenes = {s.key: s for s in self._scenes()}
         # region–phrase pairs: every object's box with its entry in the written scene, and hard negatives
-        regions = [region_phrases(scenes[r["id"].split("-")[0]]) for r in records]
+        regions = [region_phrases(scenes[r["id"].split("-")[0]], self.cfg.clip.empty_regions) for r in records]
         return pretrain_clip(pixels, captions, self.work / "tokenizer", self.work / "base-clip", self.cfg.clip,
                              regions=regions)
 
