@@ -40,8 +40,11 @@ from typing import Any
 
 import torch
 
+from llava_local.preprocess import PreprocessConfig, preprocess
 from training.datagen import teacher
+from training.datagen.render import render
 from training.datagen.world import CELL_OF_REGION, Scene, make_scene, referable
+from training.model import tokens_per_image
 
 from .corpus import prompt_of
 from .perfect_tower import N_FEATURES, PerfectLlava, cell_features
@@ -101,25 +104,19 @@ class TowerFeatures:
     def __init__(self, tower_dir: str | Path) -> None:
         from transformers import CLIPVisionModel
 
-        from llava_local.preprocess import PreprocessConfig
-
         self.tower = CLIPVisionModel.from_pretrained(str(tower_dir), dtype=torch.float32).eval()
-        size = self.tower.config.image_size
-        self.pp, self.width = PreprocessConfig(mode="pad", size=size), self.tower.config.hidden_size
-        grid = size // self.tower.config.patch_size
-        if grid * grid != 9:
-            raise ValueError(f"{tower_dir}: {grid}x{grid} patch tokens; the probe needs 3x3, one per grid cell")
+        self.pp = PreprocessConfig(mode="pad", size=self.tower.config.image_size)
+        self.width = self.tower.config.hidden_size
+        if (n := tokens_per_image(self.tower.config, "default")) != 9:
+            raise ValueError(f"{tower_dir}: {n} patch tokens; the probe needs 3x3, one per grid cell")
         self._cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def __call__(self, scene: Scene) -> torch.Tensor:
         if scene.key not in self._cache:
-            from llava_local.preprocess import preprocess
-            from training.datagen.render import render
-
             pixels = torch.from_numpy(preprocess(render(scene, self.tower.config.image_size), self.pp))
-            out = self.tower(pixel_values=pixels, output_hidden_states=True)
-            self._cache[scene.key] = out.hidden_states[-1][0, 1:].clone()  # (9, hidden): CLS dropped
+            # the last layer (= hidden_states[-1], before the post-layernorm), CLS dropped: (9, hidden)
+            self._cache[scene.key] = self.tower(pixel_values=pixels).last_hidden_state[0, 1:].clone()
         return self._cache[scene.key]
 
 
