@@ -130,17 +130,26 @@ def pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Pat
         assert len(regions) == n, (len(regions), n)
         flat = [(i, r[0], r[1]) for i, rs in enumerate(regions) for r in rs]
         reg_image = torch.tensor([i for i, _, _ in flat])  # (R,) image index of each region
-        reg_ids, reg_mask = _caption_ids([p for _, p, _ in flat], tok, cfg.region_max_len)
-        _, reg_class = torch.unique(reg_ids, dim=0, return_inverse=True)
         reg_weights = _box_weights([b for _, _, b in flat], grid)  # (R, grid*grid)
+        texts = [p for _, p, _ in flat]
     use_hard = use_regions and cfg.hard_negative_weight > 0
     if use_hard:
         negs = [r[2] if len(r) > 2 else () for rs in regions for r in rs]
         k = len(negs[0]) if negs else 0
         if not k or any(len(x) != k for x in negs):
             raise ValueError("hard_negative_weight > 0 needs the same number (≥ 1) of hard negatives for every region")
-        hard_ids, hard_mask = _caption_ids([p for x in negs for p in x], tok, cfg.region_max_len)
-        hard_ids, hard_mask = hard_ids.view(len(negs), k, -1), hard_mask.view(len(negs), k, -1)
+        texts += [p for x in negs for p in x]
+    if use_regions:
+        # A world of 9 places, a few sizes, colours and shapes has only hundreds of distinct phrases, while a
+        # batch names thousands (regions × (1 + k)): the text tower encodes each distinct one once per step.
+        # `phrase_ids`/`phrase_mask` (P, L) hold them; regions and hard negatives point into that table.
+        all_ids, all_mask = _caption_ids(texts, tok, cfg.region_max_len)
+        phrase_ids, text_phrase = torch.unique(all_ids, dim=0, return_inverse=True)
+        phrase_mask = torch.zeros_like(phrase_ids)
+        phrase_mask[text_phrase] = all_mask
+        reg_class = text_phrase[: len(flat)]  # (R,) phrase of each region: equal phrases are positives
+        if use_hard:
+            hard_phrase = text_phrase[len(flat):].view(len(flat), k)  # (R, k)
 
     vision = dict(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                   num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
@@ -174,15 +183,16 @@ def pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Pat
             patches = model.vision_model.post_layernorm(vis.last_hidden_state[:, 1:])  # (B, grid², H)
             pooled = torch.einsum("rp,rph->rh", reg_weights[sel], patches[slot_of[reg_image[sel]]])
             reg = F.normalize(model.visual_projection(pooled), dim=-1)
-            ptxt = model.text_model(input_ids=reg_ids[sel], attention_mask=reg_mask[sel])
-            phr = F.normalize(model.text_projection(ptxt.pooler_output), dim=-1)
+            wanted = reg_class[sel] if not use_hard else torch.cat([reg_class[sel], hard_phrase[sel].flatten()])
+            used, where = torch.unique(wanted, return_inverse=True)  # the batch's distinct phrases
+            ptxt = model.text_model(input_ids=phrase_ids[used], attention_mask=phrase_mask[used])
+            emb = F.normalize(model.text_projection(ptxt.pooler_output), dim=-1)  # (P_b, D)
+            phr = emb[where[: len(sel)]]  # (R_b, D)
             reg_logits = scale * reg @ phr.t()  # (R_b, R_b)
             reg_same = (reg_class[sel][:, None] == reg_class[sel][None, :]).float()
             loss = loss + cfg.region_weight * _multi_positive_nce(reg_logits, reg_same)
             if use_hard:  # (R_b, 1 + k): own phrase first, then its hard negatives
-                ntxt = model.text_model(input_ids=hard_ids[sel].flatten(0, 1),
-                                        attention_mask=hard_mask[sel].flatten(0, 1))
-                neg = F.normalize(model.text_projection(ntxt.pooler_output), dim=-1).view(len(sel), k, -1)
+                neg = emb[where[len(sel):]].view(len(sel), k, -1)
                 hard_logits = torch.cat([reg_logits.diagonal()[:, None],  # each region's own phrase
                                          scale * torch.einsum("rh,rkh->rk", reg, neg)], dim=1)
                 target = torch.zeros(len(sel), dtype=torch.long)
