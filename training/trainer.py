@@ -44,11 +44,14 @@ from .model import build_model, count_parameters, llava_hf_config, load_tokenize
 log = logging.getLogger(__name__)
 
 
-def cosine_with_warmup(total: int, warmup: int):
-    """LR multiplier per step: 0→1 linearly over `warmup` steps, then cosine 1→0 at `total`."""
+def warmup_then_decay(total: int, warmup: int, schedule: str = "cosine"):
+    """LR multiplier per step: 0→1 linearly over `warmup` steps, then cosine 1→0 at `total` (or 1 throughout with
+    `schedule="constant"`)."""
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return f
@@ -178,7 +181,8 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool) -> Path:
     model.train()
     optimizer = _optimizer(model, cfg)
     warmup = math.ceil(cfg.optim.warmup_ratio * su.total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(su.total_steps, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(su.total_steps, warmup,
+                                                                                   cfg.optim.schedule))
     start, resumed_truncated = 0, 0
     found = ckpt.latest(ckpt_root)
     if resume:

@@ -53,6 +53,7 @@ def test_overrides_are_typed():
     ("optim.lrr=1", "unknown config key 'optim.lrr'"),
     ("optim.lr=fast", "optim.lr must be float"),
     ("model.projector_type=conv", "model.projector_type must be one of"),
+    ("optim.schedule=linear", "optim.schedule must be one of cosine, constant"),
     ("optim.micro_batch_size=3", "multiple of optim.micro_batch_size"),
     ("lora.enabled=true", "LoRA is for stage 2"),
     ("noequals", "must look like key=value"),

@@ -11,7 +11,7 @@ from torch import nn
 
 from training.export import merge_lora
 from training.projector import build_projector, projector_type_of
-from training.trainer import cosine_with_warmup
+from training.trainer import warmup_then_decay
 
 
 class _Block(nn.Module):
@@ -70,9 +70,15 @@ def test_mlp2x_gelu_matches_transformers_projector():
 
 
 def test_warmup_then_cosine_to_zero():
-    f = cosine_with_warmup(total=100, warmup=10)
+    f = warmup_then_decay(total=100, warmup=10)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5)
     assert f(100) == pytest.approx(0.0, abs=1e-12)
     assert all(f(s) >= f(s + 1) for s in range(10, 100))
     assert f(30) == pytest.approx(0.5 * (1 + math.cos(math.pi * 20 / 90)))
+
+
+def test_constant_schedule_holds_the_rate_after_warmup():
+    f = warmup_then_decay(total=100, warmup=10, schedule="constant")
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert [f(s) for s in (10, 55, 99, 100)] == [1.0] * 4

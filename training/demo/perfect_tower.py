@@ -116,15 +116,15 @@ def _encode_records(records: list[dict[str, Any]], tok: Any, world_seed: int,
 
 
 def train(model: PerfectLlava, data: list[dict[str, Any]], cfg: PerfectTowerConfig, pad_id: int) -> None:
-    """The trainer's schedule and batching (`cosine_with_warmup`, `micro_batches`), without its model wrapper."""
+    """The trainer's schedule and batching (`warmup_then_decay`, `micro_batches`), without its model wrapper."""
     from training.dataset import collate
     from training.distributed import micro_batches
-    from training.trainer import cosine_with_warmup
+    from training.trainer import warmup_then_decay
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, cosine_with_warmup(cfg.steps, max(1, math.ceil(cfg.warmup_ratio * cfg.steps))))
+        opt, warmup_then_decay(cfg.steps, max(1, math.ceil(cfg.warmup_ratio * cfg.steps))))
     lengths = [len(d["input_ids"]) for d in data]
 
     def steps():
