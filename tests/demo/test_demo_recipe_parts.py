@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,10 @@ def test_recipe_yaml_and_stage_presets_validate():
     assert cfg.lm.hidden_size % 32 == 0  # q8_0 blocks of 32
     s1, s2 = load_config(cfg.stage1), load_config(cfg.stage2)
     assert (s1.stage, s1.model.template, s2.stage, s2.model.template) == (1, "plain", 2, "vicuna_v1")
+    listing, lookup = load_config(cfg.listing), load_config(cfg.lookup)  # the curriculum trains the LLM too
+    assert (listing.stage, listing.model.template, Path(listing.data.json).name) == (2, "plain", "listing.json")
+    assert (lookup.stage, lookup.model.template, Path(lookup.data.json).name) == (2, "vicuna_v1", "lookup.json")
+    assert STAGES.index("stage1") < STAGES.index("listing") < STAGES.index("lookup") < STAGES.index("stage2")
     assert STAGES[0] == "data" and STAGES[-1] == "eval"
 
 
@@ -50,12 +55,35 @@ def test_dataset_is_accepted_by_the_training_module(toy):
     root, info, _, tok_dir = toy
     assert info["stage1"] == 40 and info["stage2"] >= 40 and set(info["stage2_kinds"]) >= {"vqa", "conversation"}
     tok = load_tokenizer(str(tok_dir))
-    for name, template in (("stage1", "plain"), ("stage2", "vicuna_v1")):
+    from training.datagen.world import REGIONS, referable
+    from training.demo.corpus import make_scenes
+
+    assert info["listing"] == sum(1 for s in make_scenes(0, 40) if referable(s))  # a listing per nameable scene
+    lookups = json.loads((root / "data" / "lookup.json").read_text())
+    assert info["lookup"] == len(lookups) > 40
+    assert {c["value"] for r in lookups for c in r["conversations"][1::2]} <= set(REGIONS.values())  # only "where"
+    for name, template in (("stage1", "plain"), ("listing", "plain"), ("lookup", "vicuna_v1"), ("stage2", "vicuna_v1")):
         recs = load_records(root / "data" / f"{name}.json")
         ds = LlavaDataset(recs, root / "data", tok, get_template(template), PreprocessConfig(size=32), 4, 1024)
         for i in range(len(ds)):  # raises TemplateError on a tokenization mismatch
             item = ds[i]
             assert (item["labels"] != -100).any() and item["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_curriculum_names_every_object_right_before_its_region():
+    from training.datagen.world import REGIONS, make_scene, referable
+    from training.demo.corpus import listing
+
+    orders = set()
+    for i in range(30):
+        scene = make_scene(0, i)
+        text = listing(scene, random.Random(i))
+        entries = [e.split(": ") for e in text.removesuffix(".").split(". ")]
+        expected = {ref: o.region for o, ref in referable(scene)}
+        assert dict(entries) == expected and len(entries) == len(expected)  # each object once, with its region
+        assert all(region in REGIONS.values() for _, region in entries)
+        orders.add(tuple(ref for ref, _ in entries) == tuple(ref for _, ref in referable(scene)))
+    assert orders == {True, False}  # random order: not always the scene's reading order
 
 
 def test_short_answers_are_canonical(toy):
@@ -354,3 +382,22 @@ def test_lookup_probe_reads_a_real_towers_tokens(toy, tmp_path):
         TowerFeatures(_tiny_tower(tmp_path / "t2", 15))  # 2x2 tokens cannot stand for the 3x3 grid
     assert main(["--lm", str(tmp_path / "lm"), "--tower", str(tmp_path / "nope")]) == 2
     assert main(["--lm", str(tmp_path / "lm"), "--tower", str(tmp_path / "t2"), "--steps", "1"]) == 2
+
+
+def test_each_llava_stage_starts_from_the_last_stage_before_it_that_the_recipe_runs(tmp_path):
+    from dataclasses import replace
+
+    from training.demo.recipe import Recipe
+
+    cfg = load_recipe(RECIPE_YAML)
+
+    def starts(c):
+        r = Recipe(c, tmp_path, tmp_path / "out", {})
+        return [r._previous(s).name for s in ("listing", "lookup", "stage2")]
+
+    assert starts(cfg) == ["stage1", "listing", "lookup"]
+    assert starts(replace(cfg, listing="")) == ["stage1", "stage1", "lookup"]
+    assert starts(replace(cfg, lookup="")) == ["stage1", "listing", "listing"]
+    assert starts(replace(cfg, listing="", lookup="")) == ["stage1", "stage1", "stage1"]
+    assert Recipe(replace(cfg, lookup=""), tmp_path, tmp_path / "out", {}).stage_lookup() == {
+        "skipped": "no stages.lookup in the recipe"}

@@ -8,8 +8,10 @@ Contract (all deterministic in the world seed):
   `stage1.json` (image + caption, for the `plain` template; with `mix.layout_captions`, also image + the scene
   written out region by region) and `stage2.json` (the paper's mix — conversation / detail /
   complex_reasoning from the rule-based teacher — plus multi-turn VQA turns for the evaluation types, in the
-  proportions of `mix.vqa_weights`, and "Where is each shape?" layout turns), both LLaVA JSON with paths
-  relative to `out_dir`.
+  proportions of `mix.vqa_weights`, and "Where is each shape?" layout turns), and the curriculum between them:
+  `listing.json` (one `listing(scene)` per image: every object's name followed by its region, `plain`) and
+  `lookup.json` (`LOOKUP_RECORDS` multi-turn records per image asking only where things are, `vicuna_v1`);
+  all LLaVA JSON with paths relative to `out_dir`.
 - `text_corpus(scenes, seed, mix)` → world text for the tokenizer and the base LLaMA: captions, written-out
   scenes (with `mix.layout_captions`), and chats about a scene written out in words (where LLaVA puts the
   image), as `(text, trainable)` segments.
@@ -33,14 +35,16 @@ from training.datagen import teacher
 from training.datagen.parse import Rejected, parse_response
 from training.datagen.prompts import DETAIL_REQUESTS, RTYPES
 from training.datagen.render import render
-from training.datagen.world import COLOURS, REGIONS, SHAPES, SIZES, Scene, make_scene
+from training.datagen.world import COLOURS, REGIONS, SHAPES, SIZES, Scene, make_scene, referable
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA instruction
 QTYPES: tuple[str, ...] = teacher.QTYPES  # colour shape count position relation existence description
 VQA_KINDS: tuple[str, ...] = (*QTYPES, "layout")
+ONLY_POSITION = {kind: int(kind == "position") for kind in VQA_KINDS}  # `_vqa_turns` weights of `lookup.json`
 # "layout" turns ask where every shape is; the answer is the scene written out, region by region
 LAYOUT_REQUESTS = ("Where is each shape?", "Where are the shapes in the image?", "List the shapes and where they are.")
 Doc = list[tuple[str, bool]]  # a text document as (text, trainable) segments
+LOOKUP_RECORDS = 2  # position-only VQA records per image in `lookup.json`
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,8 @@ def stage2_records(scene: Scene, image: str, rng: random.Random, mix: DataMix) -
 
 def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int, seed: int,
                   mix: DataMix = DataMix()) -> dict[str, Any]:
-    """Render `scenes` to `out_dir/images/*.png` and write `stage1.json` + `stage2.json`; return counts."""
+    """Render `scenes` to `out_dir/images/*.png` and write `stage1.json`, the curriculum's `listing.json` and
+    `lookup.json`, and `stage2.json`; return counts."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"demo-data:{seed}")
@@ -159,14 +164,33 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
             stage1.append(_record(f"{scene.key}-layout{i}", name, [(rng.choice(LAYOUT_REQUESTS), scene_text(scene))]))
         stage2.extend(stage2_records(scene, name, rng, mix))
     rng.shuffle(stage2)
-    for fname, recs in (("stage1.json", stage1), ("stage2.json", stage2)):
+    # the curriculum's data draws from its own random streams, so stage 1's and stage 2's records stay as they were
+    listing_rng, lookup_rng = random.Random(f"demo-listing:{seed}"), random.Random(f"demo-lookup:{seed}")
+    listings = [_record(f"{scene.key}-list", f"images/{scene.key}.png", [(listing_rng.choice(LAYOUT_REQUESTS), text)])
+                for scene in scenes if (text := listing(scene, listing_rng))]
+    lookups = [_record(f"{scene.key}-where{i}", f"images/{scene.key}.png", turns)
+               for scene in scenes for i in range(LOOKUP_RECORDS)
+               if (turns := _vqa_turns(scene, lookup_rng, lookup_rng.randint(*mix.vqa_turns), ONLY_POSITION))]
+    for fname, recs in (("stage1.json", stage1), ("stage2.json", stage2), ("listing.json", listings),
+                        ("lookup.json", lookups)):
         (out / fname).write_text(json.dumps(recs), encoding="utf-8")
     kinds: dict[str, int] = {}
     for r in stage2:
         kind = r["id"].rsplit("-", 1)[-1].rstrip("0123456789")
         kinds[kind] = kinds.get(kind, 0) + 1
-    return {"images": len(scenes), "stage1": len(stage1), "stage2": len(stage2), "stage2_kinds": kinds,
+    return {"images": len(scenes), "stage1": len(stage1), "stage2": len(stage2), "listing": len(listings),
+            "lookup": len(lookups), "stage2_kinds": kinds,
             "stage2_turns": sum(len(r["conversations"]) // 2 for r in stage2)}
+
+
+def listing(scene: Scene, rng: random.Random) -> str:
+    """Every object a unique phrase names, in random order, each right after its name: "red circle: top left.
+    square: center." The curriculum stage's answers: with the region next to the name, the LLaMA learns to find
+    the named object's image token, which it does not learn from questions where the name sits far from the answer
+    (docs/demo-model.md, sixth and eighth rounds). Random order, so reading the cells in turn cannot do it."""
+    named = referable(scene)
+    rng.shuffle(named)
+    return " ".join(f"{ref}: {o.region}." for o, ref in named)
 
 
 def _chat_segments(turns: Sequence[tuple[str, str]], template: str = "vicuna_v1") -> Doc:

@@ -11,9 +11,13 @@ Stages (`--from STAGE` restarts at a stage, reusing the work dir's earlier outpu
 3. lm         pretrain a small LlamaForCausalLM on that text, chats grounded in written-out scenes (`lm_pretrain`)
 4. clip       pretrain a small CLIP ViT contrastively on image–caption and region–phrase pairs (`clip_pretrain`)
 5. stage1     LLaVA stage 1 through `training.trainer` (preset `demo-stage1`: projector only)
-6. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM)
-7. convert    `llava-local convert` → quantized GGUF + ONNX bundle
-8. eval       held-out scenes through the bundle (llava_local ChatSession) and the torch model
+6. listing    curriculum, part 1 (preset `demo-listing`: projector + LLM on `listing.json`): each object's name,
+              then its region, so the LLaMA learns to find the named object's image token
+7. lookup     curriculum, part 2 (preset `demo-lookup`: projector + LLM on `lookup.json`): questions that ask only
+              where a named object is, so the lookup carries over to the question form
+8. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM), from the curriculum's weights
+9. convert    `llava-local convert` → quantized GGUF + ONNX bundle
+10. eval      held-out scenes through the bundle (llava_local ChatSession) and the torch model
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from .lm_pretrain import LMConfig
 log = logging.getLogger("training.demo.recipe")
 
 RECIPE_YAML = Path(__file__).with_name("recipe.yaml")
-STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "stage2", "convert", "eval")
-RECIPE_ID = "llava-local-tiny/4"  # bump when the recipe changes what it trains
+STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "listing", "lookup", "stage2", "convert", "eval")
+CURRICULUM = ("listing", "lookup")  # optional stages between stage 1 and stage 2, in order
+RECIPE_ID = "llava-local-tiny/5"  # bump when the recipe changes what it trains
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class RecipeConfig:
     lm: LMConfig = field(default_factory=LMConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     stage1: str = "demo-stage1"
+    listing: str = ""  # curriculum presets between stage 1 and stage 2; empty: that stage is left out
+    lookup: str = ""
     stage2: str = "demo-stage2"
     quant: str = "q8_0"
     eval_seed: int = 1000
@@ -97,6 +104,7 @@ def load_recipe(path: str | Path = RECIPE_YAML, scale: float = 1.0) -> RecipeCon
         world_seed=int(w.get("seed", 0)), scenes=scenes, image_size=int(w.get("image_size", 96)),
         mix=_dc(DataMix, d.get("mix", {}), "mix"), vocab_size=int(d.get("tokenizer", {}).get("vocab_size", 1024)),
         lm=lm, clip=clip, stage1=d.get("stages", {}).get("stage1", "demo-stage1"),
+        listing=d.get("stages", {}).get("listing") or "", lookup=d.get("stages", {}).get("lookup") or "",
         stage2=d.get("stages", {}).get("stage2", "demo-stage2"), quant=d.get("convert", {}).get("quant", "q8_0"),
         eval_seed=int(e.get("seed", 1000)), eval_n=int(e.get("n", 300)), precision=str(d.get("precision", "fp32")),
     )
@@ -210,8 +218,25 @@ class Recipe:
     def stage_stage1(self) -> dict[str, Any]:
         return self._train(self.cfg.stage1, "stage1", [])
 
+    def _previous(self, stage: str) -> Path:
+        """The output a LLaVA stage starts from: the last stage before it that the recipe runs (stage 1 at least)."""
+        before = [s for s in ("stage1", *CURRICULUM) if STAGES.index(s) < STAGES.index(stage)]
+        return self.work / next(s for s in reversed(before) if s == "stage1" or getattr(self.cfg, s))
+
+    def stage_listing(self) -> dict[str, Any]:
+        return self._curriculum("listing")
+
+    def stage_lookup(self) -> dict[str, Any]:
+        return self._curriculum("lookup")
+
+    def _curriculum(self, stage: str) -> dict[str, Any]:
+        preset = getattr(self.cfg, stage)
+        if not preset:
+            return {"skipped": f"no stages.{stage} in the recipe"}
+        return self._train(preset, stage, [f"model.init_from={self._previous(stage)}"])
+
     def stage_stage2(self) -> dict[str, Any]:
-        return self._train(self.cfg.stage2, "stage2", [f"model.init_from={self.work / 'stage1'}"])
+        return self._train(self.cfg.stage2, "stage2", [f"model.init_from={self._previous('stage2')}"])
 
     def stage_convert(self) -> dict[str, Any]:
         from llava_local.cli import main as cli_main
@@ -286,13 +311,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from", dest="start", choices=STAGES, default="data", help="first stage to run")
     p.add_argument("--to", dest="stop", choices=STAGES, default="eval", help="last stage to run")
     p.add_argument("--stage1", nargs="*", default=[], metavar="key=value", help="extra stage-1 config overrides")
+    for stage in CURRICULUM:
+        p.add_argument(f"--{stage}", nargs="*", default=[], metavar="key=value",
+                       help=f"extra {stage}-stage config overrides")
     p.add_argument("--stage2", nargs="*", default=[], metavar="key=value", help="extra stage-2 config overrides")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         cfg = load_recipe(args.config, args.scale)
-        recipe = Recipe(cfg, Path(args.work), Path(args.out), {"stage1": args.stage1, "stage2": args.stage2})
+        recipe = Recipe(cfg, Path(args.work), Path(args.out), {"stage1": args.stage1, "listing": args.listing,
+                                                                      "lookup": args.lookup, "stage2": args.stage2})
         report = recipe.run(args.start, args.stop)
     except LlavaLocalError as e:
         print(f"recipe: error: {e}", file=sys.stderr)
