@@ -53,6 +53,15 @@ def tokens_per_image(vision_config, strategy: str) -> int:
     return n + (1 if strategy == "full" else 0)
 
 
+def vision_tokens(tower: nn.Module, pixel_values: torch.Tensor, layer: int, strategy: str) -> torch.Tensor:
+    """(N, 3, S, S) pixels → (N, T, D_vision): hidden state `layer` of the tower (LLaVA's
+    `mm_vision_select_layer`), CLS dropped with the `default` strategy. What the projector reads."""
+    dtype = next(tower.parameters()).dtype
+    out = tower(pixel_values.to(dtype), output_hidden_states=True)
+    h = out.hidden_states[layer]  # (N, 1 + P, D_vision); index 0 is the embeddings
+    return h[:, 1:] if strategy == "default" else h
+
+
 class LlavaForTraining(nn.Module):
     def __init__(self, vision_tower: nn.Module, projector: nn.Module, language_model: nn.Module,
                  image_token_id: int, feature_layer: int, select_strategy: str) -> None:
@@ -68,11 +77,7 @@ class LlavaForTraining(nn.Module):
         """(N, 3, S, S) pixels → (N, T, D_text) projected features."""
         # The tower is frozen in both stages: no graph, no activations kept for it.
         with torch.no_grad():
-            dtype = next(self.vision_tower.parameters()).dtype
-            out = self.vision_tower(pixel_values.to(dtype), output_hidden_states=True)
-            h = out.hidden_states[self.feature_layer]  # (N, 1 + P, D_vision); index 0 is the embeddings
-            if self.select_strategy == "default":
-                h = h[:, 1:]  # drop CLS
+            h = vision_tokens(self.vision_tower, pixel_values, self.feature_layer, self.select_strategy)
         return self.multi_modal_projector(h)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,

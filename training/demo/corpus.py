@@ -152,7 +152,9 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"demo-data:{seed}")
-    stage1, stage2 = [], []
+    # the curriculum's data draws from its own random streams, so stage 1's and stage 2's records stay as they were
+    listing_rng, lookup_rng = random.Random(f"demo-listing:{seed}"), random.Random(f"demo-lookup:{seed}")
+    stage1, stage2, listings, lookups = [], [], [], []
     for scene in scenes:
         name = f"images/{scene.key}.png"
         path = out / name
@@ -163,14 +165,12 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
         for i in range(_count(mix.layout_captions, rng)):  # align each image token with its region words too
             stage1.append(_record(f"{scene.key}-layout{i}", name, [(rng.choice(LAYOUT_REQUESTS), scene_text(scene))]))
         stage2.extend(stage2_records(scene, name, rng, mix))
+        if text := listing(scene, listing_rng):
+            listings.append(_record(f"{scene.key}-list", name, [(listing_rng.choice(LAYOUT_REQUESTS), text)]))
+        for i in range(LOOKUP_RECORDS):
+            if turns := _vqa_turns(scene, lookup_rng, lookup_rng.randint(*mix.vqa_turns), ONLY_POSITION):
+                lookups.append(_record(f"{scene.key}-where{i}", name, turns))
     rng.shuffle(stage2)
-    # the curriculum's data draws from its own random streams, so stage 1's and stage 2's records stay as they were
-    listing_rng, lookup_rng = random.Random(f"demo-listing:{seed}"), random.Random(f"demo-lookup:{seed}")
-    listings = [_record(f"{scene.key}-list", f"images/{scene.key}.png", [(listing_rng.choice(LAYOUT_REQUESTS), text)])
-                for scene in scenes if (text := listing(scene, listing_rng))]
-    lookups = [_record(f"{scene.key}-where{i}", f"images/{scene.key}.png", turns)
-               for scene in scenes for i in range(LOOKUP_RECORDS)
-               if (turns := _vqa_turns(scene, lookup_rng, lookup_rng.randint(*mix.vqa_turns), ONLY_POSITION))]
     for fname, recs in (("stage1.json", stage1), ("stage2.json", stage2), ("listing.json", listings),
                         ("lookup.json", lookups)):
         (out / fname).write_text(json.dumps(recs), encoding="utf-8")

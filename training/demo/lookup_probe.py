@@ -43,10 +43,10 @@ import torch
 from llava_local.preprocess import PreprocessConfig, preprocess
 from training.datagen import teacher
 from training.datagen.render import render
-from training.datagen.world import CELL_OF_REGION, Scene, make_scene, referable
-from training.model import tokens_per_image
+from training.datagen.world import CELL_OF_REGION, Scene, make_scene
+from training.model import tokens_per_image, vision_tokens
 
-from .corpus import prompt_of
+from .corpus import listing, prompt_of
 from .perfect_tower import N_FEATURES, PerfectLlava, cell_features
 
 FORMS = ("ref", "question", "chat", "list")
@@ -115,8 +115,8 @@ class TowerFeatures:
     def __call__(self, scene: Scene) -> torch.Tensor:
         if scene.key not in self._cache:
             pixels = torch.from_numpy(preprocess(render(scene, self.tower.config.image_size), self.pp))
-            # the last layer (= hidden_states[-1], before the post-layernorm), CLS dropped: (9, hidden)
-            self._cache[scene.key] = self.tower(pixel_values=pixels).last_hidden_state[0, 1:].clone()
+            # the stage presets' features: the last layer, CLS dropped: (9, hidden)
+            self._cache[scene.key] = vision_tokens(self.tower, pixels, -1, "default")[0].clone()
         return self._cache[scene.key]
 
 
@@ -141,10 +141,9 @@ def encode_listing(scene: Scene, rng: random.Random, tok: Any, image_id: int,
     """The "list" form: every object a unique phrase names, in random order, each followed by its region."""
     from training.dataset import IGNORE_INDEX
 
-    named = referable(scene)
-    rng.shuffle(named)
     prompt = _image_prefix(tok, image_id)
-    answer = tok.encode("".join(f" {ref}: {o.region}." for o, ref in named), add_special_tokens=False)
+    text = listing(scene, rng)
+    answer = tok.encode(f" {text}" if text else "", add_special_tokens=False)  # each entry after a space
     answer.append(tok.eos_token_id)
     return _row(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer, features(scene), False)
 
