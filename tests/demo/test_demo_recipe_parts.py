@@ -20,10 +20,8 @@ def test_recipe_yaml_and_stage_presets_validate():
     assert cfg.lm.hidden_size % 32 == 0  # q8_0 blocks of 32
     s1, s2 = load_config(cfg.stage1), load_config(cfg.stage2)
     assert (s1.stage, s1.model.template, s2.stage, s2.model.template) == (1, "plain", 2, "vicuna_v1")
-    assert not cfg.listing and not cfg.lookup  # the shipped recipe has no curriculum (yet)
-    cur = load_recipe(RECIPE_YAML.with_name("recipe-curriculum.yaml"))
-    listing, lookup = load_config(cur.listing), load_config(cur.lookup)  # the curriculum trains the LLM too
-    assert load_config(cur.stage2).optim.schedule == "constant" and cur.clip.empty_regions
+    listing, lookup = load_config(cfg.listing), load_config(cfg.lookup)  # the curriculum trains the LLM too
+    assert s2.optim.schedule == "constant" and cfg.clip.empty_regions
     assert (listing.stage, listing.model.template, Path(listing.data.json).name) == (2, "plain", "listing.json")
     assert (lookup.stage, lookup.model.template, Path(lookup.data.json).name) == (2, "vicuna_v1", "lookup.json")
     assert STAGES.index("stage1") < STAGES.index("listing") < STAGES.index("lookup") < STAGES.index("stage2")
@@ -392,7 +390,7 @@ def test_each_llava_stage_starts_from_the_last_stage_before_it_that_the_recipe_r
 
     from training.demo.recipe import Recipe
 
-    cfg = load_recipe(RECIPE_YAML.with_name("recipe-curriculum.yaml"))
+    cfg = load_recipe(RECIPE_YAML)
 
     def starts(c):
         r = Recipe(c, tmp_path, tmp_path / "out", {})

@@ -11,10 +11,10 @@ Stages (`--from STAGE` restarts at a stage, reusing the work dir's earlier outpu
 3. lm         pretrain a small LlamaForCausalLM on that text, chats grounded in written-out scenes (`lm_pretrain`)
 4. clip       pretrain a small CLIP ViT contrastively on image–caption and region–phrase pairs (`clip_pretrain`)
 5. stage1     LLaVA stage 1 through `training.trainer` (preset `demo-stage1`: projector only)
-6. listing    curriculum, part 1, only when `stages.listing` names a preset (`recipe-curriculum.yaml`: `demo-listing`,
-              projector + LLM on `listing.json`): each object's name, then its region, so the LLaMA learns to find
-              the named object's image token
-7. lookup     curriculum, part 2, only when `stages.lookup` names a preset (`demo-lookup`: projector + LLM on
+6. listing    curriculum, part 1, when `stages.listing` names a preset (`demo-listing`: projector + LLM on
+              `listing.json`): each object's name, then its region, so the LLaMA learns to find the named object's
+              image token
+7. lookup     curriculum, part 2, when `stages.lookup` names a preset (`demo-lookup`: projector + LLM on
               `lookup.json`): questions that ask only where a named object is, so the lookup carries over to them
 8. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM), from the last of stage1/listing/lookup run
 9. convert    `llava-local convert` → quantized GGUF + ONNX bundle
@@ -45,7 +45,7 @@ log = logging.getLogger("training.demo.recipe")
 RECIPE_YAML = Path(__file__).with_name("recipe.yaml")
 STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "listing", "lookup", "stage2", "convert", "eval")
 CURRICULUM = ("listing", "lookup")  # optional stages between stage 1 and stage 2, in order
-RECIPE_ID = "llava-local-tiny/4"  # bump when the recipe changes what it trains
+RECIPE_ID = "llava-local-tiny/5"  # bump when the recipe changes what it trains
 
 
 @dataclass(frozen=True)
