@@ -66,7 +66,7 @@ class RecipeConfig:
     quant: str = "q8_0"
     eval_seed: int = 1000
     eval_n: int = 300
-    # lm, stage1, stage2: "bf16" autocast, "fp32", or "auto" (bf16 where the CPU multiplies bf16 natively)
+    # lm and the LLaVA stages: "bf16" autocast, "fp32", or "auto" (bf16 where the CPU multiplies bf16 natively)
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
