@@ -28,7 +28,7 @@ from llava_local.errors import UsageError
 from llava_local.templates import TEMPLATES
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "constant", "wsd")
 PRECISIONS = ("auto", "bf16", "fp32")
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -93,7 +93,10 @@ class OptimConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping."""
     schedule: str = "cosine"
-    """After the linear warmup: `cosine` decay to 0 at the last step (LLaVA's), or `constant` at `lr`."""
+    """After the linear warmup: `cosine` decay to 0 at the last step (LLaVA's), `constant` at `lr`, or `wsd`
+    (warmup-stable-decay): constant at `lr`, then linear to 0 over the last `decay_ratio` of the steps."""
+    decay_ratio: float = 0.2
+    """`wsd` only: the share of all steps spent decaying linearly to 0 at the end."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ def _validate(c: TrainConfig) -> None:
          f"optim.global_batch_size ({o.global_batch_size}) must be a multiple of optim.micro_batch_size "
          f"({o.micro_batch_size})"),
         (o.grad_clip >= 0, "optim.grad_clip must be >= 0"),
+        (0 < o.decay_ratio <= 1, "optim.decay_ratio must be in (0, 1]"),
         (o.schedule in LR_SCHEDULES, f"optim.schedule must be one of {', '.join(LR_SCHEDULES)}, not {o.schedule!r}"),
         (not (lo.enabled and c.stage == 1), "LoRA is for stage 2; stage 1 trains only the projector"),
         (lo.r > 0 and lo.alpha > 0 and 0 <= lo.dropout < 1, "lora.r and lora.alpha must be > 0, lora.dropout in [0,1)"),

@@ -44,14 +44,19 @@ from .model import build_model, count_parameters, llava_hf_config, load_tokenize
 log = logging.getLogger(__name__)
 
 
-def warmup_then_decay(total: int, warmup: int, schedule: str = "cosine"):
-    """LR multiplier per step: 0→1 linearly over `warmup` steps, then cosine 1→0 at `total` (or 1 throughout with
-    `schedule="constant"`)."""
+def warmup_then_decay(total: int, warmup: int, schedule: str = "cosine", decay_ratio: float = 0.2):
+    """LR multiplier per step: 0→1 linearly over `warmup` steps, then cosine 1→0 at `total`; or 1 throughout with
+    `schedule="constant"`; or, with `schedule="wsd"`, 1 until the last `decay_ratio × total` steps and linear to 0
+    over those (the multiplier of the last step is 1/decay_steps, not 0: every step still trains)."""
+    decay_steps = max(1, round(decay_ratio * total))
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         if schedule == "constant":
             return 1.0
+        if schedule == "wsd":
+            return min(1.0, (total - step) / decay_steps)
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return f
@@ -181,8 +186,8 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool) -> Path:
     model.train()
     optimizer = _optimizer(model, cfg)
     warmup = math.ceil(cfg.optim.warmup_ratio * su.total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(su.total_steps, warmup,
-                                                                                   cfg.optim.schedule))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(
+        su.total_steps, warmup, cfg.optim.schedule, cfg.optim.decay_ratio))
     start, resumed_truncated = 0, 0
     found = ckpt.latest(ckpt_root)
     if resume:

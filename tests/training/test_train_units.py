@@ -82,3 +82,11 @@ def test_constant_schedule_holds_the_rate_after_warmup():
     f = warmup_then_decay(total=100, warmup=10, schedule="constant")
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert [f(s) for s in (10, 55, 99, 100)] == [1.0] * 4
+
+
+def test_wsd_schedule_holds_then_decays_linearly_over_the_last_share():
+    f = warmup_then_decay(total=100, warmup=10, schedule="wsd", decay_ratio=0.2)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert [f(s) for s in (10, 50, 80)] == [1.0] * 3  # stable until the last 20 steps
+    assert f(90) == pytest.approx(0.5) and f(99) == pytest.approx(0.05)  # linear; the last step still trains
+    assert all(f(s) >= f(s + 1) for s in range(10, 99))
