@@ -29,8 +29,13 @@ def test_recipe_yaml_and_stage_presets_validate():
 
 
 def test_scale_shrinks_a_trial_run():
+    from training.demo.recipe import scaled_steps
+
     full, small = load_recipe(RECIPE_YAML), load_recipe(RECIPE_YAML, scale=0.1)
     assert small.scenes < full.scenes and small.lm.steps < full.lm.steps and small.clip.steps < full.clip.steps
+    assert (full.stage_scale, small.stage_scale) == (1.0, 0.1)
+    s2 = load_config(full.stage2).optim.max_steps
+    assert 10 <= scaled_steps(s2, 0.1) < s2 and scaled_steps(s2, 1.0) == s2 and scaled_steps(0, 0.1) == 0
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,8 @@ class RecipeConfig:
     eval_n: int = 300
     # lm and the LLaVA stages: "bf16" autocast, "fp32", or "auto" (bf16 where the CPU multiplies bf16 natively)
     precision: str = "fp32"
+    # `--scale`: the LLaVA stages' `optim.max_steps` are multiplied by it too (the presets hold the full counts)
+    stage_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -108,7 +110,13 @@ def load_recipe(path: str | Path = RECIPE_YAML, scale: float = 1.0) -> RecipeCon
         listing=d.get("stages", {}).get("listing") or "", lookup=d.get("stages", {}).get("lookup") or "",
         stage2=d.get("stages", {}).get("stage2", "demo-stage2"), quant=d.get("convert", {}).get("quant", "q8_0"),
         eval_seed=int(e.get("seed", 1000)), eval_n=int(e.get("n", 300)), precision=str(d.get("precision", "fp32")),
+        stage_scale=scale,
     )
+
+
+def scaled_steps(steps: int, scale: float) -> int:
+    """A LLaVA stage's `optim.max_steps` in a `--scale` trial run; 0 (a whole epoch) stays 0, as the scenes shrink."""
+    return steps if steps == 0 else max(10, int(steps * scale))
 
 
 def native_bf16() -> bool:
@@ -207,6 +215,9 @@ class Recipe:
                      f"train.precision={self.precision}", *extra,
                      *self.stage_overrides.get(stage, [])]
         cfg = load_config(preset, overrides)
+        if self.cfg.stage_scale != 1.0:  # a trial run: the preset's step count shrinks with everything else
+            overrides.append(f"optim.max_steps={scaled_steps(cfg.optim.max_steps, self.cfg.stage_scale)}")
+            cfg = load_config(preset, overrides)
         shutil.rmtree(cfg.train.out_dir, ignore_errors=True)  # a recipe run always starts the stage afresh
         out = run_training(cfg)
         metrics = Path(out) / "metrics.jsonl"
