@@ -281,6 +281,31 @@ def test_layout_captions_add_a_stage1_record_per_scene_with_every_region(tmp_pat
         assert regions == [o.region for o in s.objects]
 
 
+def test_describe_records_come_from_their_own_stream_and_name_exactly_the_scene(tmp_path):
+    from collections import Counter
+
+    from training.datagen.teacher import ASK
+    from training.demo.corpus import DataMix, build_dataset, make_scenes
+    from training.demo.evaluate import inventory
+
+    scenes = make_scenes(0, 12)
+    build_dataset(tmp_path / "plain", scenes, 32, seed=0)
+    info = build_dataset(tmp_path / "more", scenes, 32, seed=0, mix=DataMix(describe=1.0))
+    assert info["stage2_kinds"]["describe"] == 12
+    for name in ("stage1.json", "listing.json", "lookup.json"):  # the other files are untouched
+        assert (tmp_path / "plain" / name).read_text() == (tmp_path / "more" / name).read_text()
+    plain = json.loads((tmp_path / "plain" / "stage2.json").read_text())
+    more = json.loads((tmp_path / "more" / "stage2.json").read_text())
+    extra = [r for r in more if "-describe" in r["id"]]
+    assert sorted(map(json.dumps, plain)) == sorted(json.dumps(r) for r in more if "-describe" not in r["id"])
+    by_key = {s.key: s for s in scenes}
+    for r in extra:
+        scene = by_key[r["id"].split("-")[0]]
+        (human, gpt) = r["conversations"]
+        assert human["value"].splitlines()[1] in ASK["description"]
+        assert inventory(gpt["value"]) == Counter((o.colour, o.shape) for o in scene.objects)
+
+
 def test_perfect_tower_features_say_exactly_what_is_in_each_cell():
     from training.datagen.world import COLOURS, SHAPES, SIZES
     from training.demo.corpus import make_scenes

@@ -57,6 +57,7 @@ class DataMix:
     # QTYPES plus "layout" (where is each shape: the written-out scene, `LAYOUT_REQUESTS`)
     vqa_weights: dict[str, int] = field(default_factory=dict)
     layout_captions: float = 0.0  # stage-1 records per scene whose caption is the written-out scene
+    describe: float = 0.0  # extra stage-2 records per scene that only ask for a brief description (own stream)
     conversation: float = 0.25
     detail: float = 0.1
     complex_reasoning: float = 0.1
@@ -154,6 +155,7 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
     rng = random.Random(f"demo-data:{seed}")
     # the curriculum's data draws from its own random streams, so stage 1's and stage 2's records stay as they were
     listing_rng, lookup_rng = random.Random(f"demo-listing:{seed}"), random.Random(f"demo-lookup:{seed}")
+    describe_rng = random.Random(f"demo-describe:{seed}")
     stage1, stage2, listings, lookups = [], [], [], []
     for scene in scenes:
         name = f"images/{scene.key}.png"
@@ -165,6 +167,9 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
         for i in range(_count(mix.layout_captions, rng)):  # align each image token with its region words too
             stage1.append(_record(f"{scene.key}-layout{i}", name, [(rng.choice(LAYOUT_REQUESTS), scene_text(scene))]))
         stage2.extend(stage2_records(scene, name, rng, mix))
+        for i in range(_count(mix.describe, describe_rng)):
+            qa = teacher.sample_qa(scene, describe_rng, "description")
+            stage2.append(_record(f"{scene.key}-describe{i}", name, [(prompt_of(qa), qa.answer)]))
         if text := listing(scene, listing_rng):
             listings.append(_record(f"{scene.key}-list", name, [(listing_rng.choice(LAYOUT_REQUESTS), text)]))
         for i in range(LOOKUP_RECORDS):
