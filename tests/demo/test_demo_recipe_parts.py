@@ -21,7 +21,8 @@ def test_recipe_yaml_and_stage_presets_validate():
     s1, s2 = load_config(cfg.stage1), load_config(cfg.stage2)
     assert (s1.stage, s1.model.template, s2.stage, s2.model.template) == (1, "plain", 2, "vicuna_v1")
     listing, lookup = load_config(cfg.listing), load_config(cfg.lookup)  # the curriculum trains the LLM too
-    assert s2.optim.schedule == "constant" and cfg.clip.empty_regions
+    assert (listing.optim.schedule, lookup.optim.schedule, s2.optim.schedule) == ("constant", "constant", "wsd")
+    assert cfg.clip.empty_regions
     assert (listing.stage, listing.model.template, Path(listing.data.json).name) == (2, "plain", "listing.json")
     assert (lookup.stage, lookup.model.template, Path(lookup.data.json).name) == (2, "vicuna_v1", "lookup.json")
     assert STAGES.index("stage1") < STAGES.index("listing") < STAGES.index("lookup") < STAGES.index("stage2")
