@@ -168,8 +168,7 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
             stage1.append(_record(f"{scene.key}-layout{i}", name, [(rng.choice(LAYOUT_REQUESTS), scene_text(scene))]))
         stage2.extend(stage2_records(scene, name, rng, mix))
         for i in range(_count(mix.describe, describe_rng)):
-            qa = teacher.sample_qa(scene, describe_rng, "description")
-            stage2.append(_record(f"{scene.key}-describe{i}", name, [(prompt_of(qa), qa.answer)]))
+            stage2.append(_record(f"{scene.key}-describe{i}", name, [_vqa_turn(scene, describe_rng, "description")]))
         if text := listing(scene, listing_rng):
             listings.append(_record(f"{scene.key}-list", name, [(listing_rng.choice(LAYOUT_REQUESTS), text)]))
         for i in range(LOOKUP_RECORDS):
