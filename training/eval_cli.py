@@ -1,12 +1,14 @@
-"""`llava-local eval synthetic --n N --seed S [--model M] [--torch CKPT] [--json]`: held-out accuracy.
+"""`llava-local eval synthetic --n N --seed S [--model M] [--torch CKPT] [--text-llm DIR] [--json]`: held-out accuracy.
 
 Contract (the `llava_local.cli` command protocol): `add_arguments(parser)` and `run(args) -> int`. Scenes
 `0..N-1` of world `S` (the demo model trains on world 0; any other seed is held out) are rendered and asked one
 question per type — colour, shape, count, position, relation, existence, description — each in a fresh
 conversation through the same engine as `llava-local chat` (greedy). It prints accuracy per type and overall,
 or one JSON object with `--json`. `--torch CKPT` also asks a layout-c training checkpoint the same questions
-through transformers (needs the [train] extra) and prints both columns. `--min-accuracy X` makes the exit
-code 1 when overall accuracy is below X (for CI).
+through transformers (needs the [train] extra) and prints both columns; `--text-llm DIR` asks a text-only
+LLaMA (the recipe's `base-llm`) with each scene written out where the image goes: what the language model can
+do before it sees an image. `--min-accuracy X` makes the exit code 1 when the bundle's overall accuracy is below X
+(for CI).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: llama.cpp's choice)")
     parser.add_argument("--torch", dest="torch_ckpt", default=None, metavar="CKPT",
                         help="also evaluate this layout-c checkpoint with transformers, for comparison")
+    parser.add_argument("--text-llm", default=None, metavar="DIR",
+                        help="also ask this text-only LLaMA (e.g. build/demo/base-llm), each scene written out")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--show-errors", type=int, default=0, metavar="K", help="print K wrong answers per type")
     parser.add_argument("--min-accuracy", type=float, default=None, metavar="X",
@@ -56,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--min-accuracy is a fraction in [0, 1], e.g. 0.9")
     if args.torch_ckpt and not (Path(args.torch_ckpt) / "llava_local.json").is_file():
         raise UsageError(f"--torch {args.torch_ckpt}: not a `llava-local train` output (no llava_local.json)")
-    from training.demo.evaluate import evaluate_bundle, evaluate_torch
+    if args.text_llm and not (Path(args.text_llm) / "config.json").is_file():
+        raise UsageError(f"--text-llm {args.text_llm}: not a language model directory (no config.json)")
+    from training.demo.evaluate import evaluate_bundle, evaluate_text, evaluate_torch
 
     def progress(done: int, total: int) -> None:
         if not args.json and sys.stderr.isatty():
@@ -66,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
                                          progress=progress)}
     if args.torch_ckpt:
         results["torch"] = evaluate_torch(args.torch_ckpt, args.n, args.seed, progress=progress)
+    if args.text_llm:
+        results["text"] = evaluate_text(args.text_llm, args.n, args.seed, progress=progress)
     summaries = {k: r.summary() for k, r in results.items()}
     if args.json:
         print(json.dumps({"suite": "synthetic", "n": args.n, "seed": args.seed, **summaries}))

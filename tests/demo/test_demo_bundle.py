@@ -66,3 +66,5 @@ def test_eval_command_prints_json_and_gates_on_accuracy(shipped):
     assert gate.returncode == (0 if json.loads(gate.stdout)["bundle"]["overall"] == 1.0 else 1)
     bad = cli("--seed", "0")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "training world" in bad.stderr
+    no_llm = cli("--text-llm", str(shipped))  # a bundle is not a text-only LLaMA directory
+    assert no_llm.returncode == 2 and no_llm.stderr.count("\n") == 1 and "--text-llm" in no_llm.stderr

@@ -21,11 +21,16 @@ def test_recipe_yaml_and_stage_presets_validate():
     s1, s2 = load_config(cfg.stage1), load_config(cfg.stage2)
     assert (s1.stage, s1.model.template, s2.stage, s2.model.template) == (1, "plain", 2, "vicuna_v1")
     listing, lookup = load_config(cfg.listing), load_config(cfg.lookup)  # the curriculum trains the LLM too
-    assert (listing.optim.schedule, lookup.optim.schedule, s2.optim.schedule) == ("constant", "constant", "wsd")
+    relation = load_config(cfg.relation)
+    assert (listing.optim.schedule, lookup.optim.schedule, relation.optim.schedule, s2.optim.schedule) == (
+        "constant", "constant", "constant", "wsd")
     assert cfg.clip.empty_regions
     assert (listing.stage, listing.model.template, Path(listing.data.json).name) == (2, "plain", "listing.json")
     assert (lookup.stage, lookup.model.template, Path(lookup.data.json).name) == (2, "vicuna_v1", "lookup.json")
-    assert STAGES.index("stage1") < STAGES.index("listing") < STAGES.index("lookup") < STAGES.index("stage2")
+    assert (relation.stage, relation.model.template, Path(relation.data.json).name) == (2, "vicuna_v1",
+                                                                                       "relation.json")
+    order = [STAGES.index(s) for s in ("stage1", "listing", "lookup", "relation", "stage2")]
+    assert order == sorted(order)
     assert STAGES[0] == "data" and STAGES[-1] == "eval"
 
 
@@ -69,7 +74,8 @@ def test_dataset_is_accepted_by_the_training_module(toy):
     lookups = json.loads((root / "data" / "lookup.json").read_text())
     assert info["lookup"] == len(lookups) > 40
     assert {c["value"] for r in lookups for c in r["conversations"][1::2]} <= set(REGIONS.values())  # only "where"
-    for name, template in (("stage1", "plain"), ("listing", "plain"), ("lookup", "vicuna_v1"), ("stage2", "vicuna_v1")):
+    for name, template in (("stage1", "plain"), ("listing", "plain"), ("lookup", "vicuna_v1"),
+                           ("relation", "vicuna_v1"), ("stage2", "vicuna_v1")):
         recs = load_records(root / "data" / f"{name}.json")
         ds = LlavaDataset(recs, root / "data", tok, get_template(template), PreprocessConfig(size=32), 4, 1024)
         for i in range(len(ds)):  # raises TemplateError on a tokenization mismatch
@@ -245,6 +251,28 @@ def test_grounded_chats_put_the_scene_where_the_image_goes():
     assert len(answers) == 4 and all(a.endswith("</s>") and text not in a for a in answers)
 
 
+def test_text_eval_asks_the_base_llama_exactly_as_its_training_chats_lay_a_question_out(toy, tmp_path):
+    from transformers import AutoTokenizer
+
+    from training.demo.corpus import grounded_chat
+    from training.demo.evaluate import eval_set, evaluate_text, text_prompt_ids
+    from training.demo.lm_pretrain import LMConfig, pretrain_lm, tokenize_document
+
+    _, _, texts, tok_dir = toy
+    cfg = LMConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=2, seq_len=64,
+                   batch_size=4, steps=2, warmup=1)
+    pretrain_lm(texts, tok_dir, tmp_path / "lm", cfg)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "lm"))
+    items = eval_set(3, 1000)
+    for it in items:
+        # the training chat of the same question and answer, cut where the answer begins
+        train_ids, trained = tokenize_document(grounded_chat(it.scene, [(it.prompt, it.qa.answer)]), tok)
+        assert text_prompt_ids(it, tok) == train_ids[: trained.index(True)]
+    result = evaluate_text(tmp_path / "lm", 3, 1000, batch_size=4)  # two batches: left padding in play
+    assert [(r["question"], r["answer"]) for r in result.items] == [(it.prompt, it.qa.answer) for it in items]
+    assert set(result.per_type()) == {it.qa.qtype for it in items}
+
+
 def test_vqa_weights_steer_the_question_mix_and_layout_turns_write_the_scene_out():
     import random
 
@@ -305,6 +333,48 @@ def test_describe_records_come_from_their_own_stream_and_name_exactly_the_scene(
         (human, gpt) = r["conversations"]
         assert human["value"].splitlines()[1] in ASK["description"]
         assert inventory(gpt["value"]) == Counter((o.colour, o.shape) for o in scene.objects)
+
+
+def test_relation_curriculum_asks_only_relations_and_answers_them_from_the_grid(tmp_path):
+    import re
+
+    from training.datagen.world import referable
+    from training.demo.corpus import SHORT_ANSWER, DataMix, build_dataset, make_scenes
+
+    scenes = make_scenes(0, 30)
+    build_dataset(tmp_path / "plain", scenes, 32, seed=0)
+    info = build_dataset(tmp_path / "more", scenes, 32, seed=0, mix=DataMix(relations=1.0))
+    for name in ("stage1.json", "listing.json", "lookup.json", "relation.json"):  # own streams: untouched
+        assert (tmp_path / "plain" / name).read_text() == (tmp_path / "more" / name).read_text()
+    more = json.loads((tmp_path / "more" / "stage2.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "stage2.json").read_text())
+    assert sorted(map(json.dumps, plain)) == sorted(json.dumps(r) for r in more if "-relations" not in r["id"])
+    assert info["stage2_kinds"]["relations"] > 0
+    records = json.loads((tmp_path / "plain" / "relation.json").read_text())
+    records += [r for r in more if "-relations" in r["id"]]
+    assert info["relation"] == sum(r["id"].endswith(("-rel0", "-rel1")) for r in records) > 30
+    by_key = {s.key: s for s in scenes}
+    kinds = set()
+    for r in records:
+        objects = {ref: o for o, ref in referable(by_key[r["id"].split("-")[0]])}
+        conv = r["conversations"]
+        for human, gpt in zip(conv[::2], conv[1::2], strict=True):
+            q = human["value"].removeprefix("<image>\n")
+            assert q.endswith(f"\n{SHORT_ANSWER}")
+            if m := re.match(r"Where is the (.+) relative to the (.+)\?\n", q):
+                a, b = objects[m[1]], objects[m[2]]
+                across = {-1: "to the left", 1: "to the right", 0: None}[(a.col > b.col) - (a.col < b.col)]
+                up_down = {-1: "above", 1: "below", 0: None}[(a.row > b.row) - (a.row < b.row)]
+                assert gpt["value"] == " and ".join(p for p in (across, up_down) if p)
+                kinds.add("relative")
+            else:
+                m = re.match(r"Is the (.+) (to the left of|to the right of|above|below) the (.+)\?\n", q)
+                a, b = objects[m[1]], objects[m[3]]
+                holds = {"to the left of": a.col < b.col, "to the right of": a.col > b.col, "above": a.row < b.row,
+                         "below": a.row > b.row}[m[2]]
+                assert gpt["value"] == ("yes" if holds else "no")
+                kinds.add("relation")
+    assert kinds == {"relative", "relation"}
 
 
 def test_perfect_tower_features_say_exactly_what_is_in_each_cell():
@@ -425,11 +495,12 @@ def test_each_llava_stage_starts_from_the_last_stage_before_it_that_the_recipe_r
 
     def starts(c):
         r = Recipe(c, tmp_path, tmp_path / "out", {})
-        return [r._previous(s).name for s in ("listing", "lookup", "stage2")]
+        return [r._previous(s).name for s in ("listing", "lookup", "relation", "stage2")]
 
-    assert starts(cfg) == ["stage1", "listing", "lookup"]
-    assert starts(replace(cfg, listing="")) == ["stage1", "stage1", "lookup"]
-    assert starts(replace(cfg, lookup="")) == ["stage1", "listing", "listing"]
-    assert starts(replace(cfg, listing="", lookup="")) == ["stage1", "stage1", "stage1"]
+    assert starts(cfg) == ["stage1", "listing", "lookup", "relation"]
+    assert starts(replace(cfg, relation="")) == ["stage1", "listing", "lookup", "lookup"]
+    assert starts(replace(cfg, listing="")) == ["stage1", "stage1", "lookup", "relation"]
+    assert starts(replace(cfg, lookup="")) == ["stage1", "listing", "listing", "relation"]
+    assert starts(replace(cfg, listing="", lookup="", relation="")) == ["stage1", "stage1", "stage1", "stage1"]
     assert Recipe(replace(cfg, lookup=""), tmp_path, tmp_path / "out", {}).stage_lookup() == {
         "skipped": "no stages.lookup in the recipe"}

@@ -10,11 +10,13 @@ Contract (all deterministic in the world seed):
   complex_reasoning from the rule-based teacher — plus multi-turn VQA turns for the evaluation types, in the
   proportions of `mix.vqa_weights`, and "Where is each shape?" layout turns), and the curriculum between them:
   `listing.json` (one `listing(scene)` per image: every object's name followed by its region, `plain`) and
-  `lookup.json` (`LOOKUP_RECORDS` multi-turn records per image asking only where things are, `vicuna_v1`);
+  `lookup.json` (`LOOKUP_RECORDS` multi-turn records per image asking only where things are, `vicuna_v1`) and
+  `relation.json` (`RELATION_RECORDS` per image asking only relation and relative-position questions, `vicuna_v1`);
   all LLaVA JSON with paths relative to `out_dir`.
 - `text_corpus(scenes, seed, mix)` → world text for the tokenizer and the base LLaMA: captions, written-out
   scenes (with `mix.layout_captions`), and chats about a scene written out in words (where LLaVA puts the
-  image), as `(text, trainable)` segments.
+  image), as `(text, trainable)` segments; `grounded_prompt(scene, question)` the same layout as a question
+  to answer (the text-only eval, `evaluate.evaluate_text`).
 - `region_phrases(scene)` → the stand-in CLIP's region–phrase pairs, with shape-swapped hard negatives.
 
 Short answers are what the eval checks, so they follow the teacher's canonical forms exactly ("red",
@@ -39,12 +41,15 @@ from training.datagen.world import COLOURS, REGIONS, SHAPES, SIZES, Scene, make_
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA instruction
 QTYPES: tuple[str, ...] = teacher.QTYPES  # colour shape count position relation existence description
-VQA_KINDS: tuple[str, ...] = (*QTYPES, "layout")
+# "relative" (where one shape is relative to another) is not an eval type: it is the relation curriculum's way in
+VQA_KINDS: tuple[str, ...] = (*QTYPES, "layout", "relative")
 ONLY_POSITION = {kind: int(kind == "position") for kind in VQA_KINDS}  # `_vqa_turns` weights of `lookup.json`
+ONLY_RELATIONS = {kind: int(kind in ("relation", "relative")) for kind in VQA_KINDS}  # ... of `relation.json`
 # "layout" turns ask where every shape is; the answer is the scene written out, region by region
 LAYOUT_REQUESTS = ("Where is each shape?", "Where are the shapes in the image?", "List the shapes and where they are.")
 Doc = list[tuple[str, bool]]  # a text document as (text, trainable) segments
 LOOKUP_RECORDS = 2  # position-only VQA records per image in `lookup.json`
+RELATION_RECORDS = 2  # relation and relative-position records per image in `relation.json`
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class DataMix:
     vqa_weights: dict[str, int] = field(default_factory=dict)
     layout_captions: float = 0.0  # stage-1 records per scene whose caption is the written-out scene
     describe: float = 0.0  # extra stage-2 records per scene that only ask for a brief description (own stream)
+    relations: float = 0.0  # extra stage-2 records per scene like `relation.json`'s (own stream): keeps the skill
     conversation: float = 0.25
     detail: float = 0.1
     complex_reasoning: float = 0.1
@@ -86,6 +92,8 @@ def eval_items(scene: Scene, rng: random.Random, qtypes: Sequence[str] = QTYPES)
 def _vqa_turn(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str] | None:
     if kind == "layout":
         return rng.choice(LAYOUT_REQUESTS), scene_text(scene)
+    if kind == "relative":
+        return relative_turn(scene, rng)
     qa = teacher.sample_qa(scene, rng, kind)
     return None if qa is None else (prompt_of(qa), qa.answer)
 
@@ -107,6 +115,24 @@ def _vqa_turns(scene: Scene, rng: random.Random, k: int,
         if len(turns) == k:
             break
     return turns
+
+
+def relative_turn(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+    """Where one named object is relative to another, as a short answer: "to the left and above", "below".
+
+    The relation curriculum's question. A yes/no relation ("Is the red circle to the left of the blue square?")
+    depends on the relation word and on both cells together, and no one of them predicts the answer alone, so its
+    loss gives the LLaMA nothing to start from (it stays at chance: docs/demo-model.md, eleventh round). Here the
+    first named object's cell alone predicts most of the answer, so the two lookups and the comparison can form a
+    piece at a time; the yes/no questions mixed in with them then follow."""
+    named = referable(scene)
+    if len(named) < 2:
+        return None
+    (a, ref_a), (b, ref_b) = rng.sample(named, 2)
+    across = "to the left" if a.col < b.col else "to the right" if a.col > b.col else ""
+    up_down = "above" if a.row < b.row else "below" if a.row > b.row else ""  # never both empty: one per cell
+    return (f"Where is the {ref_a} relative to the {ref_b}?\n{SHORT_ANSWER}",
+            " and ".join(part for part in (across, up_down) if part))
 
 
 def _teacher_turns(scene: Scene, rtype: str, rng: random.Random) -> list[tuple[str, str]]:
@@ -156,7 +182,8 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
     # the curriculum's data draws from its own random streams, so stage 1's and stage 2's records stay as they were
     listing_rng, lookup_rng = random.Random(f"demo-listing:{seed}"), random.Random(f"demo-lookup:{seed}")
     describe_rng = random.Random(f"demo-describe:{seed}")
-    stage1, stage2, listings, lookups = [], [], [], []
+    relation_rng, relations_rng = random.Random(f"demo-relation:{seed}"), random.Random(f"demo-relations:{seed}")
+    stage1, stage2, listings, lookups, relations = [], [], [], [], []
     for scene in scenes:
         name = f"images/{scene.key}.png"
         path = out / name
@@ -169,21 +196,27 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
         stage2.extend(stage2_records(scene, name, rng, mix))
         for i in range(_count(mix.describe, describe_rng)):
             stage2.append(_record(f"{scene.key}-describe{i}", name, [_vqa_turn(scene, describe_rng, "description")]))
+        for i in range(_count(mix.relations, relations_rng)):
+            if turns := _vqa_turns(scene, relations_rng, relations_rng.randint(*mix.vqa_turns), ONLY_RELATIONS):
+                stage2.append(_record(f"{scene.key}-relations{i}", name, turns))
         if text := listing(scene, listing_rng):
             listings.append(_record(f"{scene.key}-list", name, [(listing_rng.choice(LAYOUT_REQUESTS), text)]))
         for i in range(LOOKUP_RECORDS):
             if turns := _vqa_turns(scene, lookup_rng, lookup_rng.randint(*mix.vqa_turns), ONLY_POSITION):
                 lookups.append(_record(f"{scene.key}-where{i}", name, turns))
+        for i in range(RELATION_RECORDS):
+            if turns := _vqa_turns(scene, relation_rng, relation_rng.randint(*mix.vqa_turns), ONLY_RELATIONS):
+                relations.append(_record(f"{scene.key}-rel{i}", name, turns))
     rng.shuffle(stage2)
     for fname, recs in (("stage1.json", stage1), ("stage2.json", stage2), ("listing.json", listings),
-                        ("lookup.json", lookups)):
+                        ("lookup.json", lookups), ("relation.json", relations)):
         (out / fname).write_text(json.dumps(recs), encoding="utf-8")
     kinds: dict[str, int] = {}
     for r in stage2:
         kind = r["id"].rsplit("-", 1)[-1].rstrip("0123456789")
         kinds[kind] = kinds.get(kind, 0) + 1
     return {"images": len(scenes), "stage1": len(stage1), "stage2": len(stage2), "listing": len(listings),
-            "lookup": len(lookups), "stage2_kinds": kinds,
+            "lookup": len(lookups), "relation": len(relations), "stage2_kinds": kinds,
             "stage2_turns": sum(len(r["conversations"]) // 2 for r in stage2)}
 
 
@@ -243,6 +276,13 @@ def grounded_chat(scene: Scene, turns: Sequence[tuple[str, str]]) -> Doc:
         return []
     first = (f"{scene_text(scene)}\n{turns[0][0]}", turns[0][1])
     return _chat_segments([first, *turns[1:]])
+
+
+def grounded_prompt(scene: Scene, question: str) -> Doc:
+    """`grounded_chat`'s first user turn with the assistant's turn opened: a question put to a text-only LLaMA,
+    the scene written out where the image goes, laid out exactly as the base LLaMA was trained."""
+    turn = Turn("user", f"{scene_text(scene)}\n{question}")
+    return [(p.text, p.trainable) for p in get_template("vicuna_v1").render([turn], add_generation_prompt=True)]
 
 
 def text_corpus(scenes: Sequence[Scene], seed: int, mix: DataMix = DataMix()) -> list[str | Doc]:

@@ -10,9 +10,11 @@ Contract:
 - `evaluate_bundle(model, n, seed)` asks every question in a fresh conversation through `llava_local`'s
   `ChatSession` (greedy), the engine behind `llava-local chat`; `evaluate_torch(checkpoint, n, seed)` asks
   the same questions of the layout-c checkpoint with transformers' `LlavaForConditionalGeneration`
-  (greedy, batched). Both return an `EvalResult` (accuracy per type, overall, every item).
+  (greedy, batched); `evaluate_text(llm_dir, n, seed)` asks them of a text-only LLaMA (the recipe's base
+  LLaMA) with the scene written out where the image goes, in the layout of its training chats. All return an
+  `EvalResult` (accuracy per type, overall, every item).
 
-This module imports torch only inside `evaluate_torch`.
+This module imports torch only inside `evaluate_torch` and `evaluate_text`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from training.datagen.checker import check_text
 from training.datagen.render import render
 from training.datagen.world import COLOURS, NUMBER_WORDS, SHAPES, Scene, make_scene
 
-from .corpus import QTYPES, eval_items, prompt_of
+from .corpus import QTYPES, eval_items, grounded_prompt, prompt_of
 
 IMAGE_SIZE = 96  # rendered side in pixels; the bundle's preprocessing resizes if it wants another size
 
@@ -178,21 +180,73 @@ def evaluate_torch(checkpoint: str | Path, n: int, seed: int, *, batch_size: int
             pieces = template.render([Turn("user", it.prompt, 1)], add_generation_prompt=True)
             ids, _ = encode(pieces, tok, cfg.image_token_id, n_img)
             seqs.append(ids)
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):  # left padding, so every row's answer starts at the same column
-            ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, width - len(s):] = 1
+        ids, mask = _left_padded(seqs, pad)
+        width = ids.shape[1]
         pixels = torch.from_numpy(np.concatenate([preprocess(it.png, pp) for it in batch]))
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=64,
                                  do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=pad)
-        for it, row in zip(batch, out[:, width:].tolist(), strict=True):
-            if tok.eos_token_id in row:
-                row = row[: row.index(tok.eos_token_id)]
-            result.add(it, tok.decode(row, skip_special_tokens=True).strip())
+        for it, text in zip(batch, _answers(out[:, width:], tok), strict=True):
+            result.add(it, text)
         if progress:
             progress(min(b + batch_size, len(items)), len(items))
     result.seconds = time.time() - t0
     return result
+
+
+def text_prompt_ids(item: EvalItem, tok: Any) -> list[int]:
+    """BOS + `corpus.grounded_prompt` for the item's scene and prompt, tokenized piece by piece as the base
+    LLaMA's training tokenized its chats (`lm_pretrain.tokenize_document`)."""
+    from .lm_pretrain import tokenize_document
+
+    return tokenize_document(grounded_prompt(item.scene, item.prompt), tok)[0]
+
+
+def evaluate_text(llm_dir: str | Path, n: int, seed: int, *, batch_size: int = 32,
+                  progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """The same questions asked of a text-only LLaMA (the recipe's `base-llm`) with the scene written out where
+    the image goes (`text_prompt_ids`), greedy, batched: what the language model can do before it sees an image."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(llm_dir))
+    model = LlamaForCausalLM.from_pretrained(str(llm_dir), dtype=torch.float32).eval()
+    pad = tok.unk_token_id or 0
+    items = eval_set(n, seed)
+    result = EvalResult()
+    t0 = time.time()
+    for b in range(0, len(items), batch_size):
+        batch = items[b: b + batch_size]
+        ids, mask = _left_padded([text_prompt_ids(it, tok) for it in batch], pad)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=64, do_sample=False,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=pad)
+        for it, text in zip(batch, _answers(out[:, ids.shape[1]:], tok), strict=True):
+            result.add(it, text)
+        if progress:
+            progress(min(b + batch_size, len(items)), len(items))
+    result.seconds = time.time() - t0
+    return result
+
+
+def _left_padded(seqs: list[list[int]], pad: int) -> tuple[Any, Any]:
+    """(input_ids, attention_mask), int64 (B, longest): left padding, so every row's answer starts at one column."""
+    import torch
+
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def _answers(generated: Any, tok: Any) -> list[str]:
+    """Each generated row up to its first EOS, decoded."""
+    out = []
+    for row in generated.tolist():
+        if tok.eos_token_id in row:
+            row = row[: row.index(tok.eos_token_id)]
+        out.append(tok.decode(row, skip_special_tokens=True).strip())
+    return out
