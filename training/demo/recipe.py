@@ -16,9 +16,11 @@ Stages (`--from STAGE` restarts at a stage, reusing the work dir's earlier outpu
               image token
 7. lookup     curriculum, part 2, when `stages.lookup` names a preset (`demo-lookup`: projector + LLM on
               `lookup.json`): questions that ask only where a named object is, so the lookup carries over to them
-8. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM), from the last of stage1/listing/lookup run
-9. convert    `llava-local convert` → quantized GGUF + ONNX bundle
-10. eval      held-out scenes through the bundle (llava_local ChatSession) and the torch model
+8. relation   curriculum, part 3, when `stages.relation` names a preset (`demo-relation`: projector + LLM on
+              `relation.json`): where one object is relative to another, and yes/no relations
+9. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM), from the last of stage1 and the curriculum run
+10. convert   `llava-local convert` → quantized GGUF + ONNX bundle
+11. eval      held-out scenes through the bundle (llava_local ChatSession) and the torch model
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ from .lm_pretrain import LMConfig
 log = logging.getLogger("training.demo.recipe")
 
 RECIPE_YAML = Path(__file__).with_name("recipe.yaml")
-STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "listing", "lookup", "stage2", "convert", "eval")
-CURRICULUM = ("listing", "lookup")  # optional stages between stage 1 and stage 2, in order
-RECIPE_ID = "llava-local-tiny/6"  # bump when the recipe changes what it trains
+STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "listing", "lookup", "relation", "stage2", "convert", "eval")
+CURRICULUM = ("listing", "lookup", "relation")  # optional stages between stage 1 and stage 2, in order
+RECIPE_ID = "llava-local-tiny/7"  # bump when the recipe changes what it trains
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class RecipeConfig:
     stage1: str = "demo-stage1"
     listing: str = ""  # curriculum presets between stage 1 and stage 2; empty: that stage is left out
     lookup: str = ""
+    relation: str = ""
     stage2: str = "demo-stage2"
     quant: str = "q8_0"
     eval_seed: int = 1000
@@ -108,6 +111,7 @@ def load_recipe(path: str | Path = RECIPE_YAML, scale: float = 1.0) -> RecipeCon
         mix=_dc(DataMix, d.get("mix", {}), "mix"), vocab_size=int(d.get("tokenizer", {}).get("vocab_size", 1024)),
         lm=lm, clip=clip, stage1=d.get("stages", {}).get("stage1", "demo-stage1"),
         listing=d.get("stages", {}).get("listing") or "", lookup=d.get("stages", {}).get("lookup") or "",
+        relation=d.get("stages", {}).get("relation") or "",
         stage2=d.get("stages", {}).get("stage2", "demo-stage2"), quant=d.get("convert", {}).get("quant", "q8_0"),
         eval_seed=int(e.get("seed", 1000)), eval_n=int(e.get("n", 300)), precision=str(d.get("precision", "fp32")),
         stage_scale=scale,
@@ -240,6 +244,9 @@ class Recipe:
 
     def stage_lookup(self) -> dict[str, Any]:
         return self._curriculum("lookup")
+
+    def stage_relation(self) -> dict[str, Any]:
+        return self._curriculum("relation")
 
     def _curriculum(self, stage: str) -> dict[str, Any]:
         preset = getattr(self.cfg, stage)
