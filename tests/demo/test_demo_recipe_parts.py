@@ -377,6 +377,45 @@ def test_relation_curriculum_asks_only_relations_and_answers_them_from_the_grid(
     assert kinds == {"relative", "relation"}
 
 
+def test_counting_records_list_every_matching_place_and_count_them(tmp_path):
+    import re
+
+    from training.datagen.world import COLOURS, SHAPES
+    from training.demo.corpus import SHORT_ANSWER, DataMix, build_dataset, make_scenes
+
+    scenes = make_scenes(0, 40)
+    build_dataset(tmp_path / "plain", scenes, 32, seed=0)
+    build_dataset(tmp_path / "more", scenes, 32, seed=0, mix=DataMix(counting=1.0))
+    for name in ("stage1.json", "listing.json", "lookup.json", "relation.json"):  # own stream: untouched
+        assert (tmp_path / "plain" / name).read_text() == (tmp_path / "more" / name).read_text()
+    more = json.loads((tmp_path / "more" / "stage2.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "stage2.json").read_text())
+    assert sorted(map(json.dumps, plain)) == sorted(json.dumps(r) for r in more if "-counting" not in r["id"])
+    by_key = {sc.key: sc for sc in scenes}
+    kind_re = (rf"(?:(?P<colour>{'|'.join(COLOURS)}) )?(?P<shape>{'|'.join(SHAPES)}|shape)s")
+    counts, asked = [], set()
+    for r in (r for r in more if "-counting" in r["id"]):
+        scene = by_key[r["id"].split("-")[0]]
+        conv = r["conversations"]
+        for human, gpt in zip(conv[::2], conv[1::2], strict=True):
+            q = human["value"].removeprefix("<image>\n")
+            assert q.endswith(f"\n{SHORT_ANSWER}")
+            m = re.search(kind_re, q)
+            found = scene.matching(shape=None if m["shape"] == "shape" else m["shape"], colour=m["colour"])
+            if q.startswith("Where are the "):
+                places = [o.region for o in found]
+                want = {0: "nowhere", 1: ", ".join(places)}.get(len(places), ", ".join(places[:-1]) + " and " +
+                                                                  (places[-1] if places else ""))
+                assert gpt["value"] == want
+                asked.add("locate")
+            else:
+                assert gpt["value"] == str(len(found))
+                asked.add("tally")
+            counts.append(len(found))
+    assert asked == {"locate", "tally"}
+    assert sum(n >= 2 for n in counts) > len(counts) / 4  # several of a kind far more often than the teacher asks
+
+
 def test_perfect_tower_features_say_exactly_what_is_in_each_cell():
     from training.datagen.world import COLOURS, SHAPES, SIZES
     from training.demo.corpus import make_scenes

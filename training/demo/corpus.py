@@ -42,9 +42,12 @@ from training.datagen.world import COLOURS, REGIONS, SHAPES, SIZES, Scene, make_
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA instruction
 QTYPES: tuple[str, ...] = teacher.QTYPES  # colour shape count position relation existence description
 # "relative" (where one shape is relative to another) is not an eval type: it is the relation curriculum's way in
-VQA_KINDS: tuple[str, ...] = (*QTYPES, "layout", "relative")
+# "locate" (where all the shapes of a kind are) and "tally" (how many, asked mostly where there are several) are the
+# counting mix's
+VQA_KINDS: tuple[str, ...] = (*QTYPES, "layout", "relative", "locate", "tally")
 ONLY_POSITION = {kind: int(kind == "position") for kind in VQA_KINDS}  # `_vqa_turns` weights of `lookup.json`
 ONLY_RELATIONS = {kind: int(kind in ("relation", "relative")) for kind in VQA_KINDS}  # ... of `relation.json`
+ONLY_COUNTING = {kind: int(kind in ("locate", "tally")) for kind in VQA_KINDS}  # ... of `mix.counting` records
 # "layout" turns ask where every shape is; the answer is the scene written out, region by region
 LAYOUT_REQUESTS = ("Where is each shape?", "Where are the shapes in the image?", "List the shapes and where they are.")
 Doc = list[tuple[str, bool]]  # a text document as (text, trainable) segments
@@ -64,6 +67,7 @@ class DataMix:
     layout_captions: float = 0.0  # stage-1 records per scene whose caption is the written-out scene
     describe: float = 0.0  # extra stage-2 records per scene that only ask for a brief description (own stream)
     relations: float = 0.0  # extra stage-2 records per scene like `relation.json`'s (own stream): keeps the skill
+    counting: float = 0.0  # extra stage-2 records per scene of "where are the circles?" and counts (own stream)
     conversation: float = 0.25
     detail: float = 0.1
     complex_reasoning: float = 0.1
@@ -94,6 +98,8 @@ def _vqa_turn(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str] | 
         return rng.choice(LAYOUT_REQUESTS), scene_text(scene)
     if kind == "relative":
         return relative_turn(scene, rng)
+    if kind in ("locate", "tally"):
+        return counting_turn(scene, rng, kind)
     qa = teacher.sample_qa(scene, rng, kind)
     return None if qa is None else (prompt_of(qa), qa.answer)
 
@@ -133,6 +139,26 @@ def relative_turn(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
     up_down = "above" if a.row < b.row else "below" if a.row > b.row else ""  # never both empty: one per cell
     return (f"Where is the {ref_a} relative to the {ref_b}?\n{SHORT_ANSWER}",
             " and ".join(part for part in (across, up_down) if part))
+
+
+def counting_turn(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str]:
+    """A count ("tally", the teacher's phrasing) or where all the shapes of one kind are ("locate": "Where are the
+    circles?" → "top left and center", "nowhere"), for a kind of shape that occurs at least twice when the scene has
+    one, half the time. The teacher's own count questions are about one shape or none nine times in ten, and the
+    model had learned to answer only 0 or 1 (docs/demo-model.md, eleventh round); a list of places is a count that
+    can be learned one place at a time."""
+    kinds = [{}] + [{"shape": x} for x in SHAPES] + [{"colour": c} for c in COLOURS]
+    kinds += [{"colour": c, "shape": x} for c, x in sorted({(o.colour, o.shape) for o in scene.objects})]
+    several = [k for k in kinds if len(scene.matching(**k)) >= 2]
+    chosen = rng.choice(several if several and rng.random() < 0.5 else kinds)
+    found = scene.matching(**chosen)
+    noun = f"{chosen['colour']} " if "colour" in chosen else ""
+    noun += chosen.get("shape", "shape") + "s"
+    if kind == "tally":
+        return f"{rng.choice(teacher.ASK['count']).format(ref=noun)}\n{SHORT_ANSWER}", str(len(found))
+    regions = [o.region for o in found]  # reading order, as the image tokens lie
+    places = " and ".join([", ".join(regions[:-1]), regions[-1]] if len(regions) > 1 else regions) or "nowhere"
+    return f"Where are the {noun}?\n{SHORT_ANSWER}", places
 
 
 def _teacher_turns(scene: Scene, rtype: str, rng: random.Random) -> list[tuple[str, str]]:
@@ -183,6 +209,7 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
     listing_rng, lookup_rng = random.Random(f"demo-listing:{seed}"), random.Random(f"demo-lookup:{seed}")
     describe_rng = random.Random(f"demo-describe:{seed}")
     relation_rng, relations_rng = random.Random(f"demo-relation:{seed}"), random.Random(f"demo-relations:{seed}")
+    counting_rng = random.Random(f"demo-counting:{seed}")
     stage1, stage2, listings, lookups, relations = [], [], [], [], []
     for scene in scenes:
         name = f"images/{scene.key}.png"
@@ -199,6 +226,9 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
         for i in range(_count(mix.relations, relations_rng)):
             if turns := _vqa_turns(scene, relations_rng, relations_rng.randint(*mix.vqa_turns), ONLY_RELATIONS):
                 stage2.append(_record(f"{scene.key}-relations{i}", name, turns))
+        for i in range(_count(mix.counting, counting_rng)):
+            if turns := _vqa_turns(scene, counting_rng, counting_rng.randint(*mix.vqa_turns), ONLY_COUNTING):
+                stage2.append(_record(f"{scene.key}-counting{i}", name, turns))
         if text := listing(scene, listing_rng):
             listings.append(_record(f"{scene.key}-list", name, [(listing_rng.choice(LAYOUT_REQUESTS), text)]))
         for i in range(LOOKUP_RECORDS):
