@@ -21,11 +21,11 @@ from training.demo.evaluate import evaluate_bundle
 
 HELD_OUT_SEED = 4242  # never used for training (the recipe trains on world 0)
 N_SCENES = 30
-MIN_OVERALL = 0.76
-# every type is gated now that relations are learned (recipe 7; see docs/demo-model.md). About two questions of
+MIN_OVERALL = 0.77
+# every type is gated now that relations are learned (recipe 7 on; see docs/demo-model.md). About two questions of
 # slack each, for CPU-to-CPU float differences.
-MIN_PER_TYPE = {"colour": 0.82, "shape": 0.79, "count": 0.60, "position": 0.89, "relation": 0.79, "existence": 0.86,
-                "description": 0.39}
+MIN_PER_TYPE = {"colour": 0.79, "shape": 0.72, "count": 0.53, "position": 0.86, "relation": 0.79, "existence": 0.89,
+                "description": 0.66}
 
 
 def test_bundle_is_small_complete_and_records_its_recipe(shipped):
