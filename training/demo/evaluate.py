@@ -170,28 +170,20 @@ def evaluate_torch(checkpoint: str | Path, n: int, seed: int, *, batch_size: int
     n_img = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2 + (
         1 if cfg.vision_feature_select_strategy == "full" else 0)
     pad = tok.unk_token_id or 0
-    items = eval_set(n, seed)
-    result = EvalResult()
-    t0 = time.time()
-    for b in range(0, len(items), batch_size):
-        batch = items[b: b + batch_size]
+
+    def answer(batch: list[EvalItem]) -> list[str]:
         seqs = []
         for it in batch:
             pieces = template.render([Turn("user", it.prompt, 1)], add_generation_prompt=True)
-            ids, _ = encode(pieces, tok, cfg.image_token_id, n_img)
-            seqs.append(ids)
+            seqs.append(encode(pieces, tok, cfg.image_token_id, n_img)[0])
         ids, mask = _left_padded(seqs, pad)
-        width = ids.shape[1]
         pixels = torch.from_numpy(np.concatenate([preprocess(it.png, pp) for it in batch]))
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=64,
                                  do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=pad)
-        for it, text in zip(batch, _answers(out[:, width:], tok), strict=True):
-            result.add(it, text)
-        if progress:
-            progress(min(b + batch_size, len(items)), len(items))
-    result.seconds = time.time() - t0
-    return result
+        return _answers(out[:, ids.shape[1]:], tok)
+
+    return _ask_in_batches(eval_set(n, seed), batch_size, answer, progress)
 
 
 def text_prompt_ids(item: EvalItem, tok: Any) -> list[int]:
@@ -212,16 +204,25 @@ def evaluate_text(llm_dir: str | Path, n: int, seed: int, *, batch_size: int = 3
     tok = AutoTokenizer.from_pretrained(str(llm_dir))
     model = LlamaForCausalLM.from_pretrained(str(llm_dir), dtype=torch.float32).eval()
     pad = tok.unk_token_id or 0
-    items = eval_set(n, seed)
-    result = EvalResult()
-    t0 = time.time()
-    for b in range(0, len(items), batch_size):
-        batch = items[b: b + batch_size]
+
+    def answer(batch: list[EvalItem]) -> list[str]:
         ids, mask = _left_padded([text_prompt_ids(it, tok) for it in batch], pad)
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=64, do_sample=False,
                                  eos_token_id=tok.eos_token_id, pad_token_id=pad)
-        for it, text in zip(batch, _answers(out[:, ids.shape[1]:], tok), strict=True):
+        return _answers(out[:, ids.shape[1]:], tok)
+
+    return _ask_in_batches(eval_set(n, seed), batch_size, answer, progress)
+
+
+def _ask_in_batches(items: list[EvalItem], batch_size: int, answer: Callable[[list[EvalItem]], list[str]],
+                    progress: Callable[[int, int], None] | None) -> EvalResult:
+    """Every item through `answer` (a batch of items → their answers, in order), timed, reporting progress."""
+    result = EvalResult()
+    t0 = time.time()
+    for b in range(0, len(items), batch_size):
+        batch = items[b: b + batch_size]
+        for it, text in zip(batch, answer(batch), strict=True):
             result.add(it, text)
         if progress:
             progress(min(b + batch_size, len(items)), len(items))
