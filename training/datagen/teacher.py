@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .world import COLOURS, SHAPES, Obj, Scene, number_word, plural, reading_order, referable
@@ -77,7 +77,26 @@ def group_phrase(objects: list[Obj]) -> str:
     parts = [
         article(f"{c} {s}") if n == 1 else f"{number_word(n)} {c} {plural(s, n)}" for (c, s), n in counts.items()
     ]
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return join_and(parts)
+
+
+def join_and(parts: Sequence[str]) -> str:
+    """"a, b and c"; one part as it is; none: ""."""
+    if len(parts) < 2:
+        return "".join(parts)
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def count_kinds(scene: Scene) -> list[dict[str, str]]:
+    """The kinds of shape a count can ask about, as `Scene.matching` filters: all shapes, each shape, each colour,
+    and each colour + shape in the scene."""
+    kinds: list[dict[str, str]] = [{}, *({"shape": s} for s in SHAPES), *({"colour": c} for c in COLOURS)]
+    return kinds + [{"colour": c, "shape": s} for c, s in sorted({(o.colour, o.shape) for o in scene.objects})]
+
+
+def kind_noun(kind: dict[str, str]) -> str:
+    """A `count_kinds` filter as a singular noun: "red circle", "circle", "red shape", "shape"."""
+    return (f"{kind['colour']} " if "colour" in kind else "") + kind.get("shape", "shape")
 
 
 def captions(scene: Scene, rng: random.Random, k: int = 3) -> list[str]:
@@ -118,12 +137,9 @@ def _shape_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
 
 
 def _count_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
-    filters = [{}] + [{"shape": s} for s in SHAPES] + [{"colour": c} for c in COLOURS]
-    filters += [{"colour": c, "shape": s} for c, s in sorted({(o.colour, o.shape) for o in scene.objects})]
-    for f in _shuffled(filters, rng):
+    for f in _shuffled(count_kinds(scene), rng):
         n = len(scene.matching(**f))
-        noun = f"{f['colour']} " if "colour" in f else ""
-        noun += f.get("shape", "shape")
+        noun = kind_noun(f)
         q = rng.choice(ASK["count"]).format(ref=noun + "s")
         s = f"There {_be(n)} {number_word(n)} {plural(noun, n)}." if n else f"There are no {noun}s."
         yield QA(q, str(n), "count", s)

@@ -147,17 +147,14 @@ def counting_turn(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str
     one, half the time. The teacher's own count questions are about one shape or none nine times in ten, and the
     model had learned to answer only 0 or 1 (docs/demo-model.md, eleventh round); a list of places is a count that
     can be learned one place at a time."""
-    kinds = [{}] + [{"shape": x} for x in SHAPES] + [{"colour": c} for c in COLOURS]
-    kinds += [{"colour": c, "shape": x} for c, x in sorted({(o.colour, o.shape) for o in scene.objects})]
+    kinds = teacher.count_kinds(scene)
     several = [k for k in kinds if len(scene.matching(**k)) >= 2]
     chosen = rng.choice(several if several and rng.random() < 0.5 else kinds)
     found = scene.matching(**chosen)
-    noun = f"{chosen['colour']} " if "colour" in chosen else ""
-    noun += chosen.get("shape", "shape") + "s"
+    noun = teacher.kind_noun(chosen) + "s"
     if kind == "tally":
         return f"{rng.choice(teacher.ASK['count']).format(ref=noun)}\n{SHORT_ANSWER}", str(len(found))
-    regions = [o.region for o in found]  # reading order, as the image tokens lie
-    places = " and ".join([", ".join(regions[:-1]), regions[-1]] if len(regions) > 1 else regions) or "nowhere"
+    places = teacher.join_and([o.region for o in found]) or "nowhere"  # reading order, as the image tokens lie
     return f"Where are the {noun}?\n{SHORT_ANSWER}", places
 
 
@@ -198,6 +195,15 @@ def stage2_records(scene: Scene, image: str, rng: random.Random, mix: DataMix) -
                 yield _record(f"{scene.key}-{rtype}{i}", image, turns)
 
 
+def _question_chats(scene: Scene, image: str, tag: str, n: int, rng: random.Random, weights: Mapping[str, int],
+                    mix: DataMix) -> Iterator[dict[str, Any]]:
+    """Up to `n` multi-turn chats of short questions of the kinds `weights` names (ids "<scene>-<tag><i>"), each
+    `mix.vqa_turns` long: the curriculum's chats and stage 2's extra ones, each kind from its own random stream."""
+    for i in range(n):
+        if turns := _vqa_turns(scene, rng, rng.randint(*mix.vqa_turns), weights):
+            yield _record(f"{scene.key}-{tag}{i}", image, turns)
+
+
 def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int, seed: int,
                   mix: DataMix = DataMix()) -> dict[str, Any]:
     """Render `scenes` to `out_dir/images/*.png` and write `stage1.json`, the curriculum's `listing.json` and
@@ -223,20 +229,14 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
         stage2.extend(stage2_records(scene, name, rng, mix))
         for i in range(_count(mix.describe, describe_rng)):
             stage2.append(_record(f"{scene.key}-describe{i}", name, [_vqa_turn(scene, describe_rng, "description")]))
-        for i in range(_count(mix.relations, relations_rng)):
-            if turns := _vqa_turns(scene, relations_rng, relations_rng.randint(*mix.vqa_turns), ONLY_RELATIONS):
-                stage2.append(_record(f"{scene.key}-relations{i}", name, turns))
-        for i in range(_count(mix.counting, counting_rng)):
-            if turns := _vqa_turns(scene, counting_rng, counting_rng.randint(*mix.vqa_turns), ONLY_COUNTING):
-                stage2.append(_record(f"{scene.key}-counting{i}", name, turns))
+        stage2.extend(_question_chats(scene, name, "relations", _count(mix.relations, relations_rng), relations_rng,
+                                      ONLY_RELATIONS, mix))
+        stage2.extend(_question_chats(scene, name, "counting", _count(mix.counting, counting_rng), counting_rng,
+                                      ONLY_COUNTING, mix))
         if text := listing(scene, listing_rng):
             listings.append(_record(f"{scene.key}-list", name, [(listing_rng.choice(LAYOUT_REQUESTS), text)]))
-        for i in range(LOOKUP_RECORDS):
-            if turns := _vqa_turns(scene, lookup_rng, lookup_rng.randint(*mix.vqa_turns), ONLY_POSITION):
-                lookups.append(_record(f"{scene.key}-where{i}", name, turns))
-        for i in range(RELATION_RECORDS):
-            if turns := _vqa_turns(scene, relation_rng, relation_rng.randint(*mix.vqa_turns), ONLY_RELATIONS):
-                relations.append(_record(f"{scene.key}-rel{i}", name, turns))
+        lookups.extend(_question_chats(scene, name, "where", LOOKUP_RECORDS, lookup_rng, ONLY_POSITION, mix))
+        relations.extend(_question_chats(scene, name, "rel", RELATION_RECORDS, relation_rng, ONLY_RELATIONS, mix))
     rng.shuffle(stage2)
     for fname, recs in (("stage1.json", stage1), ("stage2.json", stage2), ("listing.json", listings),
                         ("lookup.json", lookups), ("relation.json", relations)):
