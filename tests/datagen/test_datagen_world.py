@@ -10,7 +10,7 @@ import pytest
 from training.datagen.checker import check_answer, check_text, check_turns
 from training.datagen.parse import parse_response
 from training.datagen.render import render
-from training.datagen.teacher import QTYPES, captions, qa_pairs, respond, sample_qa
+from training.datagen.teacher import QTYPES, captions, group_phrase, kind_order, qa_pairs, respond, sample_qa
 from training.datagen.world import COLOURS, Obj, Scene, WorldConfig, make_scene, scene_from_boxes
 
 
@@ -76,6 +76,23 @@ def test_teacher_answers_for_all_types_pass_the_checker():
         for c in captions(s, rng):
             assert check_text(s, c).ok and check_text(s, c).n_claims > 0, c
     assert n_claims > 5_000  # about 23 claims per scene
+
+
+def test_group_phrase_lists_kinds_by_place_or_by_colour_then_shape():
+    mixed = _scene(("diamond", "orange", "small", 0, 0), ("square", "purple", "large", 0, 1),
+                   ("circle", "red", "small", 1, 1), ("square", "purple", "small", 2, 0),
+                   ("circle", "purple", "large", 2, 2))
+    # reading order: each kind where its first object is (row by row)
+    by_place = "an orange diamond, two purple squares, a red circle and a purple circle"
+    assert group_phrase(list(mixed.objects)) == by_place
+    with kind_order("kind"):  # colours in COLOURS order, then shapes in SHAPES order, wherever they are
+        want = "a red circle, a purple circle, two purple squares and an orange diamond"
+        assert group_phrase(list(mixed.objects)) == want
+        assert group_phrase(list(reversed(mixed.objects))) == want
+        assert group_phrase(list(TWO.objects)) == "a red circle and two blue squares"
+    assert group_phrase(list(mixed.objects)).startswith("an orange diamond")  # the block ends, the order with it
+    with pytest.raises(ValueError, match="kind order 'size'"), kind_order("size"):
+        pass
 
 
 def test_qa_pairs_cover_every_eval_type_with_short_answers():

@@ -335,6 +335,43 @@ def test_describe_records_come_from_their_own_stream_and_name_exactly_the_scene(
         assert inventory(gpt["value"]) == Counter((o.colour, o.shape) for o in scene.objects)
 
 
+def test_description_order_changes_only_stage2_texts(tmp_path):
+    from collections import Counter
+
+    from training.datagen.world import COLOURS
+    from training.demo.corpus import DataMix, build_dataset, make_scenes, text_corpus
+    from training.demo.evaluate import inventory
+
+    scenes = make_scenes(0, 40)
+    mix = DataMix(vqa=1.0, describe=1.0, conversation=1.0, counting=0.5)
+    build_dataset(tmp_path / "reading", scenes, 32, seed=0, mix=mix)
+    kind_mix = DataMix(vqa=1.0, describe=1.0, conversation=1.0, counting=0.5, description_order="kind")
+    build_dataset(tmp_path / "kind", scenes, 32, seed=0, mix=kind_mix)
+    for name in ("stage1.json", "listing.json", "lookup.json", "relation.json"):  # captions keep reading order
+        assert (tmp_path / "reading" / name).read_text() == (tmp_path / "kind" / name).read_text()
+    assert text_corpus(scenes, 0, mix) == text_corpus(scenes, 0, kind_mix)
+    reading = json.loads((tmp_path / "reading" / "stage2.json").read_text())
+    kind = json.loads((tmp_path / "kind" / "stage2.json").read_text())
+    assert [r["id"] for r in reading] == [r["id"] for r in kind]  # same records, same draws: only texts differ
+    by_key = {s.key: s for s in scenes}
+    changed = 0
+    for a, b in zip(reading, kind):
+        for ta, tb in zip(a["conversations"], b["conversations"]):
+            if ta["value"] == tb["value"]:
+                continue
+            changed += 1
+            assert inventory(ta["value"]) == inventory(tb["value"])  # the same facts, reordered
+        for turn in b["conversations"]:
+            if "-describe" in b["id"] and turn["from"] == "gpt":
+                named = inventory(turn["value"])  # kind → count, in the order the text names them
+                assert named == Counter((o.colour, o.shape) for o in by_key[b["id"].split("-")[0]].objects)
+                ranks = [list(COLOURS).index(c) for c, _ in named]
+                assert ranks == sorted(ranks)
+    assert changed > 10
+    with pytest.raises(ValueError, match="description_order"):
+        DataMix(description_order="size")
+
+
 def test_relation_curriculum_asks_only_relations_and_answers_them_from_the_grid(tmp_path):
     import re
 

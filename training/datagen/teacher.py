@@ -7,7 +7,8 @@ Contract:
 - `respond(scene, rtype, rng)` writes a response for `conversation`, `detail` or `complex_reasoning` in the
   same text format the LLM prompts ask for (`Q: …` / `A: …` lines, or a paragraph), so teacher output goes
   through the same parser and validator as an LLM's.
-- `captions(scene, rng)` gives COCO-style captions.
+- `captions(scene, rng)` gives COCO-style captions. They list the kinds of shape in reading order, or by colour and
+  shape inside `with kind_order("kind"):` (`group_phrase`).
 
 The checker (`checker.py`) parses these texts independently and confirms them against the scene.
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from .world import COLOURS, SHAPES, Obj, Scene, number_word, plural, reading_order, referable
@@ -71,12 +74,36 @@ def _ref_without(scene: Scene, obj: Obj, drop: str) -> str | None:
     return None
 
 
+# How a summary ("a red circle, two blue squares and an orange diamond") orders its kinds of shape:
+# - "reading": each kind where its first object comes in reading order (captions, the base LLaMA's text, stage 1);
+# - "kind": by colour (`COLOURS` order), then shape (`SHAPES` order), whatever their places. A description in reading
+#   order makes the model keep track of which cells it has named, which it does badly; in this order each step asks
+#   which colours are there, which it does well (recipe 10's stage 2; docs/demo-model.md, twelfth round).
+KIND_ORDERS = ("reading", "kind")
+_KIND_RANK = {(c, s): (i, j) for i, c in enumerate(COLOURS) for j, s in enumerate(SHAPES)}
+_kind_order: ContextVar[str] = ContextVar("kind_order", default="reading")
+
+
+@contextmanager
+def kind_order(order: str) -> Iterator[None]:
+    """Within the block, summaries (`group_phrase`, so captions and descriptions) list kinds in `order`."""
+    if order not in KIND_ORDERS:
+        raise ValueError(f"kind order {order!r}: use one of {', '.join(KIND_ORDERS)}")
+    token = _kind_order.set(order)
+    try:
+        yield
+    finally:
+        _kind_order.reset(token)
+
+
 def group_phrase(objects: list[Obj]) -> str:
-    """"a red circle, two blue squares and an orange diamond" (reading order of first appearance)."""
+    """"a red circle, two blue squares and an orange diamond", kinds in the current `kind_order`."""
     counts = Counter((o.colour, o.shape) for o in reading_order(objects))
-    parts = [
-        article(f"{c} {s}") if n == 1 else f"{number_word(n)} {c} {plural(s, n)}" for (c, s), n in counts.items()
-    ]
+    kinds = list(counts)  # first appearance in reading order
+    if _kind_order.get() == "kind":
+        kinds.sort(key=_KIND_RANK.__getitem__)
+    parts = [article(f"{c} {s}") if counts[c, s] == 1 else f"{number_word(counts[c, s])} {c} {plural(s, counts[c, s])}"
+             for c, s in kinds]
     return join_and(parts)
 
 

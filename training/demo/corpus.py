@@ -68,6 +68,9 @@ class DataMix:
     describe: float = 0.0  # extra stage-2 records per scene that only ask for a brief description (own stream)
     relations: float = 0.0  # extra stage-2 records per scene like `relation.json`'s (own stream): keeps the skill
     counting: float = 0.0  # extra stage-2 records per scene of "where are the circles?" and counts (own stream)
+    # how stage 2's captions and descriptions order their kinds (`teacher.KIND_ORDERS`); stage 1, the curriculum and
+    # the base LLaMA's text keep reading order either way
+    description_order: str = "reading"
     conversation: float = 0.25
     detail: float = 0.1
     complex_reasoning: float = 0.1
@@ -76,6 +79,8 @@ class DataMix:
         bad = sorted(set(self.vqa_weights) - set(VQA_KINDS))
         if bad:
             raise ValueError(f"vqa_weights: unknown kind {bad[0]!r}; known: {', '.join(VQA_KINDS)}")
+        if self.description_order not in teacher.KIND_ORDERS:
+            raise ValueError(f"description_order: {self.description_order!r}; known: {', '.join(teacher.KIND_ORDERS)}")
 
 
 def make_scenes(seed: int, n: int, start: int = 0) -> list[Scene]:
@@ -226,13 +231,15 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
         stage1.append(_record(f"{scene.key}-cap", name, [(rng.choice(teacher.ASK["description"]), caption)]))
         for i in range(_count(mix.layout_captions, rng)):  # align each image token with its region words too
             stage1.append(_record(f"{scene.key}-layout{i}", name, [(rng.choice(LAYOUT_REQUESTS), scene_text(scene))]))
-        stage2.extend(stage2_records(scene, name, rng, mix))
-        for i in range(_count(mix.describe, describe_rng)):
-            stage2.append(_record(f"{scene.key}-describe{i}", name, [_vqa_turn(scene, describe_rng, "description")]))
-        stage2.extend(_question_chats(scene, name, "relations", _count(mix.relations, relations_rng), relations_rng,
-                                      ONLY_RELATIONS, mix))
-        stage2.extend(_question_chats(scene, name, "counting", _count(mix.counting, counting_rng), counting_rng,
-                                      ONLY_COUNTING, mix))
+        with teacher.kind_order(mix.description_order):  # the order changes text only, never a random draw
+            stage2.extend(stage2_records(scene, name, rng, mix))
+            for i in range(_count(mix.describe, describe_rng)):
+                turn = _vqa_turn(scene, describe_rng, "description")
+                stage2.append(_record(f"{scene.key}-describe{i}", name, [turn]))
+            stage2.extend(_question_chats(scene, name, "relations", _count(mix.relations, relations_rng),
+                                          relations_rng, ONLY_RELATIONS, mix))
+            stage2.extend(_question_chats(scene, name, "counting", _count(mix.counting, counting_rng), counting_rng,
+                                          ONLY_COUNTING, mix))
         if text := listing(scene, listing_rng):
             listings.append(_record(f"{scene.key}-list", name, [(listing_rng.choice(LAYOUT_REQUESTS), text)]))
         lookups.extend(_question_chats(scene, name, "where", LOOKUP_RECORDS, lookup_rng, ONLY_POSITION, mix))
