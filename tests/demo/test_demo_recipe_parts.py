@@ -12,6 +12,7 @@ from training.config import load_config
 from training.demo.recipe import RECIPE_YAML, STAGES, load_recipe
 
 torch = pytest.importorskip("torch")
+CLIP_REPRO_STEPS = 30  # enough for thread-order drift to show when deterministic algorithms are off (checked)
 
 
 def test_recipe_yaml_and_stage_presets_validate():
@@ -171,6 +172,35 @@ def test_clip_pretrain_writes_a_loadable_vision_tower(toy, tmp_path):
     assert out.hidden_states[-2].shape == (2, 1 + 16, 32)
     # the position embeddings start at the configured scale (CLIP's own init would give std 0.02)
     assert 0.8 < tower.embeddings.position_embedding.weight.std().item() < 1.2
+
+
+def test_clip_pretrain_is_bit_reproducible(toy, tmp_path):
+    # Its region terms gather rows by index; without deterministic algorithms the CPU backward of those gathers
+    # sums in thread order and two runs drift apart (docs/demo-model.md, twelfth round).
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from llava_local.preprocess import PreprocessConfig, load_image, to_pixels
+    from training.demo.clip_pretrain import ClipConfig, pretrain_clip
+    from training.demo.corpus import make_scenes, region_phrases
+
+    root, _, _, tok_dir = toy
+    recs = json.loads((root / "data" / "stage1.json").read_text())
+    pixels = torch.from_numpy(np.stack([to_pixels(load_image(root / "data" / r["image"]), PreprocessConfig(size=32))
+                                        for r in recs]))
+    cfg = ClipConfig(image_size=32, patch_size=8, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
+                     text_hidden_size=32, projection_dim=32, batch_size=len(recs), steps=CLIP_REPRO_STEPS, warmup=1,
+                     hard_negative_weight=1.0)
+    scenes = {s.key: s for s in make_scenes(0, 40)}
+    regions = [region_phrases(scenes[r["id"].split("-")[0]], empty_cells=True) for r in recs]
+    captions = [r["conversations"][1]["value"] for r in recs]
+    towers = []
+    for run in ("a", "b"):
+        pretrain_clip(pixels, captions, tok_dir, tmp_path / run, cfg, regions=regions)
+        towers.append(load_file(str(tmp_path / run / "model.safetensors")))
+    assert towers[0].keys() == towers[1].keys()
+    assert all(torch.equal(towers[0][k], towers[1][k]) for k in towers[0])
+    assert not torch.are_deterministic_algorithms_enabled()  # the global setting is restored afterwards
 
 
 def test_region_phrases_have_every_other_shape_as_hard_negatives():

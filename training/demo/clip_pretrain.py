@@ -110,7 +110,25 @@ def _multi_positive_nce(logits: Any, same: Any) -> Any:
 def pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Path, out_dir: str | Path,
                   cfg: ClipConfig, regions: Sequence[Sequence[tuple[str, Sequence[float]]]] | None = None,
                   ) -> dict[str, Any]:
-    """Train the stand-in CLIP on (pixels, captions[, regions]); save the vision tower; return a report."""
+    """Train the stand-in CLIP on (pixels, captions[, regions]); save the vision tower; return a report.
+
+    Bit-reproducible on one machine (torch build, thread count): the region terms gather rows by index, and the CPU
+    backward of such a gather accumulates in whatever order its threads finish unless torch is asked for
+    deterministic algorithms. Without that, two runs of the recipe grew towers up to 0.05 apart in a weight and
+    curricula 10 points apart (docs/demo-model.md, twelfth round)."""
+    import torch
+
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _pretrain_clip(pixels, captions, tokenizer_dir, out_dir, cfg, regions)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Path, out_dir: str | Path,
+                   cfg: ClipConfig, regions: Sequence[Sequence[tuple[str, Sequence[float]]]] | None,
+                   ) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel
