@@ -12,7 +12,6 @@ from training.config import load_config
 from training.demo.recipe import RECIPE_YAML, STAGES, load_recipe
 
 torch = pytest.importorskip("torch")
-CLIP_REPRO_STEPS = 30  # enough for thread-order drift to show when deterministic algorithms are off (checked)
 
 
 def test_recipe_yaml_and_stage_presets_validate():
@@ -142,24 +141,32 @@ def test_recipe_precision_is_validated_and_auto_follows_the_cpu(tmp_path):
     assert Recipe(replace(cfg, precision="fp32"), tmp_path, tmp_path / "out", {}).precision == "fp32"
 
 
-def test_clip_pretrain_writes_a_loadable_vision_tower(toy, tmp_path):
+def _clip_inputs(toy, empty_cells: bool = False) -> tuple:
+    """The toy data's stage-1 records as the clip stage takes them: (pixels, captions, regions, tokenizer dir)."""
     import numpy as np
-    from transformers import CLIPVisionModel
 
     from llava_local.preprocess import PreprocessConfig, load_image, to_pixels
-    from training.demo.clip_pretrain import ClipConfig, pretrain_clip
     from training.demo.corpus import make_scenes, region_phrases
 
     root, _, _, tok_dir = toy
     recs = json.loads((root / "data" / "stage1.json").read_text())
     pp = PreprocessConfig(size=32)
     pixels = torch.from_numpy(np.stack([to_pixels(load_image(root / "data" / r["image"]), pp) for r in recs]))
+    scenes = {s.key: s for s in make_scenes(0, 40)}
+    regions = [region_phrases(scenes[r["id"].split("-")[0]], empty_cells) for r in recs]
+    captions = [r["conversations"][1]["value"] for r in recs]
+    return pixels, captions, regions, tok_dir
+
+
+def test_clip_pretrain_writes_a_loadable_vision_tower(toy, tmp_path):
+    from transformers import CLIPVisionModel
+
+    from training.demo.clip_pretrain import ClipConfig, pretrain_clip
+
+    pixels, captions, regions, tok_dir = _clip_inputs(toy)
     cfg = ClipConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                      text_hidden_size=32, projection_dim=16, batch_size=8, steps=2, warmup=1, position_init_std=1.0,
                      hard_negative_weight=1.0)
-    scenes = {s.key: s for s in make_scenes(0, 40)}
-    regions = [region_phrases(scenes[r["id"].split("-")[0]]) for r in recs]
-    captions = [r["conversations"][1]["value"] for r in recs]
     report = pretrain_clip(pixels, captions, tok_dir, tmp_path / "clip", cfg, regions=regions)
     assert report["steps"] == 2 and report["regions"] == sum(len(r) for r in regions)
     assert 0 <= report["final_region_acc"] <= 1 and 0 <= report["final_hard_negative_acc"] <= 1
@@ -176,24 +183,16 @@ def test_clip_pretrain_writes_a_loadable_vision_tower(toy, tmp_path):
 
 def test_clip_pretrain_is_bit_reproducible(toy, tmp_path):
     # Its region terms gather rows by index; without deterministic algorithms the CPU backward of those gathers
-    # sums in thread order and two runs drift apart (docs/demo-model.md, twelfth round).
-    import numpy as np
+    # sums in thread order and two runs drift apart (docs/demo-model.md, twelfth round). 30 steps at this size are
+    # enough for that drift to show when the setting is off (checked).
     from safetensors.torch import load_file
 
-    from llava_local.preprocess import PreprocessConfig, load_image, to_pixels
     from training.demo.clip_pretrain import ClipConfig, pretrain_clip
-    from training.demo.corpus import make_scenes, region_phrases
 
-    root, _, _, tok_dir = toy
-    recs = json.loads((root / "data" / "stage1.json").read_text())
-    pixels = torch.from_numpy(np.stack([to_pixels(load_image(root / "data" / r["image"]), PreprocessConfig(size=32))
-                                        for r in recs]))
+    pixels, captions, regions, tok_dir = _clip_inputs(toy, empty_cells=True)
     cfg = ClipConfig(image_size=32, patch_size=8, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
-                     text_hidden_size=32, projection_dim=32, batch_size=len(recs), steps=CLIP_REPRO_STEPS, warmup=1,
+                     text_hidden_size=32, projection_dim=32, batch_size=len(pixels), steps=30, warmup=1,
                      hard_negative_weight=1.0)
-    scenes = {s.key: s for s in make_scenes(0, 40)}
-    regions = [region_phrases(scenes[r["id"].split("-")[0]], empty_cells=True) for r in recs]
-    captions = [r["conversations"][1]["value"] for r in recs]
     towers = []
     for run in ("a", "b"):
         pretrain_clip(pixels, captions, tok_dir, tmp_path / run, cfg, regions=regions)

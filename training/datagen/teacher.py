@@ -98,12 +98,10 @@ def kind_order(order: str) -> Iterator[None]:
 
 def group_phrase(objects: list[Obj]) -> str:
     """"a red circle, two blue squares and an orange diamond", kinds in the current `kind_order`."""
-    counts = Counter((o.colour, o.shape) for o in reading_order(objects))
-    kinds = list(counts)  # first appearance in reading order
+    counts = list(Counter((o.colour, o.shape) for o in reading_order(objects)).items())  # first appearance
     if _kind_order.get() == "kind":
-        kinds.sort(key=_KIND_RANK.__getitem__)
-    parts = [article(f"{c} {s}") if counts[c, s] == 1 else f"{number_word(counts[c, s])} {c} {plural(s, counts[c, s])}"
-             for c, s in kinds]
+        counts.sort(key=lambda kind_n: _KIND_RANK[kind_n[0]])
+    parts = [article(f"{c} {s}") if n == 1 else f"{number_word(n)} {c} {plural(s, n)}" for (c, s), n in counts]
     return join_and(parts)
 
 
