@@ -609,3 +609,15 @@ def test_each_llava_stage_starts_from_the_last_stage_before_it_that_the_recipe_r
     assert starts(replace(cfg, listing="", lookup="", relation="")) == ["stage1", "stage1", "stage1", "stage1"]
     assert Recipe(replace(cfg, lookup=""), tmp_path, tmp_path / "out", {}).stage_lookup() == {
         "skipped": "no stages.lookup in the recipe"}
+
+
+@pytest.mark.parametrize("stage", ["stage1", "listing", "lookup", "relation", "stage2"])
+def test_command_line_overrides_reach_their_stage(stage, tmp_path, capsys):
+    from training.demo.recipe import main
+
+    # An unknown key is refused by the stage's config loader, before any file is read: the error names the key
+    # only if the override got through to that stage.
+    rc = main(["--work", str(tmp_path), "--out", str(tmp_path / "out"), "--from", stage, "--to", stage,
+               f"--{stage}", "optim.no_such_key=1"])
+    assert rc != 0
+    assert "optim.no_such_key" in capsys.readouterr().err

@@ -339,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         cfg = load_recipe(args.config, args.scale)
-        recipe = Recipe(cfg, Path(args.work), Path(args.out), {"stage1": args.stage1, "listing": args.listing,
-                                                                      "lookup": args.lookup, "stage2": args.stage2})
+        overrides = {stage: getattr(args, stage) for stage in ("stage1", *CURRICULUM, "stage2")}
+        recipe = Recipe(cfg, Path(args.work), Path(args.out), overrides)
         report = recipe.run(args.start, args.stop)
     except LlavaLocalError as e:
         print(f"recipe: error: {e}", file=sys.stderr)
