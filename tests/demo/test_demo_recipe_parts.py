@@ -621,3 +621,30 @@ def test_command_line_overrides_reach_their_stage(stage, tmp_path, capsys):
                f"--{stage}", "optim.no_such_key=1"])
     assert rc != 0
     assert "optim.no_such_key" in capsys.readouterr().err
+
+
+def test_tower_probe_reads_what_the_tokens_hold_and_nothing_else(toy, tmp_path):
+    from training.datagen.world import make_scene
+    from training.demo.perfect_tower import _SHAPE0, _SIZE0, cell_features
+    from training.demo.tower_probe import cell_tokens, main, probe, probe_tokens
+
+    # Perfect features name colour and shape: the probe must read both back on held-out scenes.
+    train, test = cell_tokens(cell_features, 0, 200), cell_tokens(cell_features, 1000, 60)
+    assert train.tokens.shape == (len(train.sizes), cell_features(make_scene(0, 0)).shape[1])
+    perfect = probe_tokens(train, test)
+    assert perfect["shape"]["accuracy"] == 1.0 and perfect["colour"]["accuracy"] == 1.0
+
+    # The same features with the shape one-hot blanked: colour still read, shape only by chance (1 in 4).
+    def shapeless(scene):
+        f = cell_features(scene).clone()
+        f[:, _SHAPE0:_SIZE0] = 0
+        return f
+
+    blind = probe_tokens(cell_tokens(shapeless, 0, 200), cell_tokens(shapeless, 1000, 60))
+    assert blind["colour"]["accuracy"] == 1.0 and blind["shape"]["accuracy"] < 0.5
+    assert blind["shape"]["confusions"]
+
+    # A real (tiny, untrained) tower goes through the same path; a directory that is no model is one error line.
+    report = probe(_tiny_tower(tmp_path / "tower", 10), train_n=20, test_n=10)
+    assert set(report["shape"]["by_size"]) <= {"small", "large"} and 0 <= report["shape"]["accuracy"] <= 1
+    assert main([str(tmp_path / "nope")]) == 2
