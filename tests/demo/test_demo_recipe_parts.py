@@ -29,7 +29,9 @@ def test_recipe_yaml_and_stage_presets_validate():
     assert (lookup.stage, lookup.model.template, Path(lookup.data.json).name) == (2, "vicuna_v1", "lookup.json")
     assert (relation.stage, relation.model.template, Path(relation.data.json).name) == (2, "vicuna_v1",
                                                                                        "relation.json")
-    order = [STAGES.index(s) for s in ("stage1", "listing", "lookup", "relation", "stage2")]
+    assert (cfg.relation2, cfg.final) == (cfg.relation, cfg.stage2)  # the second pass repeats the two presets
+    order = [STAGES.index(s) for s in ("stage1", "listing", "lookup", "relation", "stage2", "relation2", "final",
+                                       "convert")]
     assert order == sorted(order)
     assert STAGES[0] == "data" and STAGES[-1] == "eval"
 
@@ -600,18 +602,22 @@ def test_each_llava_stage_starts_from_the_last_stage_before_it_that_the_recipe_r
 
     def starts(c):
         r = Recipe(c, tmp_path, tmp_path / "out", {})
-        return [r._previous(s).name for s in ("listing", "lookup", "relation", "stage2")]
+        return [r._previous(s).name for s in ("listing", "lookup", "relation", "stage2", "relation2", "final")]
 
-    assert starts(cfg) == ["stage1", "listing", "lookup", "relation"]
-    assert starts(replace(cfg, relation="")) == ["stage1", "listing", "lookup", "lookup"]
-    assert starts(replace(cfg, listing="")) == ["stage1", "stage1", "lookup", "relation"]
-    assert starts(replace(cfg, lookup="")) == ["stage1", "listing", "listing", "relation"]
-    assert starts(replace(cfg, listing="", lookup="", relation="")) == ["stage1", "stage1", "stage1", "stage1"]
+    assert starts(cfg) == ["stage1", "listing", "lookup", "relation", "stage2", "relation2"]
+    assert starts(replace(cfg, relation="")) == ["stage1", "listing", "lookup", "lookup", "stage2", "relation2"]
+    assert starts(replace(cfg, listing="")) == ["stage1", "stage1", "lookup", "relation", "stage2", "relation2"]
+    assert starts(replace(cfg, lookup="")) == ["stage1", "listing", "listing", "relation", "stage2", "relation2"]
+    assert starts(replace(cfg, listing="", lookup="", relation="")) == ["stage1"] * 4 + ["stage2", "relation2"]
+    # without the second pass, stage 2's model is the bundle's; the second pass's own data files are the first's
+    assert starts(replace(cfg, relation2=""))[-1] == "stage2"
+    assert Recipe(cfg, tmp_path, tmp_path / "out", {})._last_llava().name == "final"
+    assert Recipe(replace(cfg, relation2="", final=""), tmp_path, tmp_path / "out", {})._last_llava().name == "stage2"
     assert Recipe(replace(cfg, lookup=""), tmp_path, tmp_path / "out", {}).stage_lookup() == {
         "skipped": "no stages.lookup in the recipe"}
 
 
-@pytest.mark.parametrize("stage", ["stage1", "listing", "lookup", "relation", "stage2"])
+@pytest.mark.parametrize("stage", ["stage1", "listing", "lookup", "relation", "stage2", "relation2", "final"])
 def test_command_line_overrides_reach_their_stage(stage, tmp_path, capsys):
     from training.demo.recipe import main
 

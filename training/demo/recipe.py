@@ -19,8 +19,12 @@ Stages (`--from STAGE` restarts at a stage, reusing the work dir's earlier outpu
 8. relation   curriculum, part 3, when `stages.relation` names a preset (`demo-relation`: projector + LLM on
               `relation.json`): where one object is relative to another, and yes/no relations
 9. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM), from the last of stage1 and the curriculum run
-10. convert   `llava-local convert` → quantized GGUF + ONNX bundle
-11. eval      held-out scenes through the bundle (llava_local ChatSession) and the torch model
+10. relation2 a second relation stage, from stage 2's model, when `stages.relation2` names a preset (on
+              `relation.json`): from a stage-2 model the relation comparison forms reliably, from the lookup stage
+              it often does not (docs/demo-model.md, thirteenth round)
+11. final     stage 2 again, from relation2, when `stages.final` names a preset (on `stage2.json`)
+12. convert   `llava-local convert` of the last LLaVA stage run (final, else stage2) → quantized GGUF + ONNX bundle
+13. eval      held-out scenes through the bundle (llava_local ChatSession) and the torch model
 """
 
 from __future__ import annotations
@@ -45,9 +49,12 @@ from .lm_pretrain import LMConfig
 log = logging.getLogger("training.demo.recipe")
 
 RECIPE_YAML = Path(__file__).with_name("recipe.yaml")
-STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "listing", "lookup", "relation", "stage2", "convert", "eval")
+STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "listing", "lookup", "relation", "stage2", "relation2", "final",
+          "convert", "eval")
 CURRICULUM = ("listing", "lookup", "relation")  # optional stages between stage 1 and stage 2, in order
-RECIPE_ID = "llava-local-tiny/10"  # bump when the recipe changes what it trains
+SECOND_PASS = ("relation2", "final")  # optional stages after stage 2, in order
+DATA_OF = {"relation2": "relation", "final": "stage2"}  # stages that reuse another stage's data file
+RECIPE_ID = "llava-local-tiny/11"  # bump when the recipe changes what it trains
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,8 @@ class RecipeConfig:
     lookup: str = ""
     relation: str = ""
     stage2: str = "demo-stage2"
+    relation2: str = ""  # second pass after stage 2; empty: left out
+    final: str = ""
     quant: str = "q8_0"
     eval_seed: int = 1000
     eval_n: int = 300
@@ -112,7 +121,9 @@ def load_recipe(path: str | Path = RECIPE_YAML, scale: float = 1.0) -> RecipeCon
         lm=lm, clip=clip, stage1=d.get("stages", {}).get("stage1", "demo-stage1"),
         listing=d.get("stages", {}).get("listing") or "", lookup=d.get("stages", {}).get("lookup") or "",
         relation=d.get("stages", {}).get("relation") or "",
-        stage2=d.get("stages", {}).get("stage2", "demo-stage2"), quant=d.get("convert", {}).get("quant", "q8_0"),
+        stage2=d.get("stages", {}).get("stage2", "demo-stage2"),
+        relation2=d.get("stages", {}).get("relation2") or "", final=d.get("stages", {}).get("final") or "",
+        quant=d.get("convert", {}).get("quant", "q8_0"),
         eval_seed=int(e.get("seed", 1000)), eval_n=int(e.get("n", 300)), precision=str(d.get("precision", "fp32")),
         stage_scale=scale,
     )
@@ -215,7 +226,7 @@ class Recipe:
 
         w = self.work
         overrides = [f"model.vision_tower={w / 'base-clip'}", f"model.language_model={w / 'base-llm'}",
-                     f"data.json={self.data / f'{stage}.json'}", f"train.out_dir={w / stage}",
+                     f"data.json={self.data / f'{DATA_OF.get(stage, stage)}.json'}", f"train.out_dir={w / stage}",
                      f"train.precision={self.precision}", *extra,
                      *self.stage_overrides.get(stage, [])]
         cfg = load_config(preset, overrides)
@@ -236,8 +247,12 @@ class Recipe:
 
     def _previous(self, stage: str) -> Path:
         """The output a LLaVA stage starts from: the last stage before it that the recipe runs (stage 1 at least)."""
-        before = [s for s in ("stage1", *CURRICULUM) if STAGES.index(s) < STAGES.index(stage)]
-        return self.work / next(s for s in reversed(before) if s == "stage1" or getattr(self.cfg, s))
+        before = [s for s in ("stage1", *CURRICULUM, "stage2", *SECOND_PASS) if STAGES.index(s) < STAGES.index(stage)]
+        return self.work / next(s for s in reversed(before) if s in ("stage1", "stage2") or getattr(self.cfg, s))
+
+    def _last_llava(self) -> Path:
+        """The checkpoint the bundle is made from: the last LLaVA stage the recipe runs."""
+        return self.work / ("final" if self.cfg.final else "stage2")
 
     def stage_listing(self) -> dict[str, Any]:
         return self._curriculum("listing")
@@ -257,12 +272,18 @@ class Recipe:
     def stage_stage2(self) -> dict[str, Any]:
         return self._train(self.cfg.stage2, "stage2", [f"model.init_from={self._previous('stage2')}"])
 
+    def stage_relation2(self) -> dict[str, Any]:
+        return self._curriculum("relation2")
+
+    def stage_final(self) -> dict[str, Any]:
+        return self._curriculum("final")
+
     def stage_convert(self) -> dict[str, Any]:
         from llava_local.cli import main as cli_main
 
         tmp = self.out.with_name(self.out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        argv = ["convert", str(self.work / "stage2"), "-o", str(tmp), "--quant", self.cfg.quant,
+        argv = ["convert", str(self._last_llava()), "-o", str(tmp), "--quant", self.cfg.quant,
                 "--name", "llava-local-tiny", "--force", "--quiet"]
         rc = cli_main(argv)
         if rc != 0:
@@ -291,7 +312,7 @@ class Recipe:
 
         n, seed = self.cfg.eval_n, self.cfg.eval_seed
         bundle = evaluate_bundle(self.out, n=n, seed=seed, threads=1)  # a tiny model: threads only add overhead
-        torch_res = evaluate_torch(self.work / "stage2", n=n, seed=seed)
+        torch_res = evaluate_torch(self._last_llava(), n=n, seed=seed)
         return {"bundle": bundle.summary(), "torch": torch_res.summary()}
 
     def run(self, start: str = "data", stop: str = "eval") -> dict[str, Any]:
@@ -334,12 +355,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{stage}", nargs="*", default=[], metavar="key=value",
                        help=f"extra {stage}-stage config overrides")
     p.add_argument("--stage2", nargs="*", default=[], metavar="key=value", help="extra stage-2 config overrides")
+    for stage in SECOND_PASS:
+        p.add_argument(f"--{stage}", nargs="*", default=[], metavar="key=value",
+                       help=f"extra {stage}-stage config overrides")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         cfg = load_recipe(args.config, args.scale)
-        overrides = {stage: getattr(args, stage) for stage in ("stage1", *CURRICULUM, "stage2")}
+        overrides = {stage: getattr(args, stage) for stage in ("stage1", *CURRICULUM, "stage2", *SECOND_PASS)}
         recipe = Recipe(cfg, Path(args.work), Path(args.out), overrides)
         report = recipe.run(args.start, args.stop)
     except LlavaLocalError as e:
