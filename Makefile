@@ -37,7 +37,7 @@ sysdeps:
 chat: $(STAMP)
 	$(VENV)/bin/llava-local chat $(if $(MODEL),--model $(MODEL)) $(IMAGE)
 
-# Rebuild the demo model from nothing with the project's own recipe (about 85 minutes on 2 CPU cores with native
+# Rebuild the demo model from nothing with the project's own recipe (about 80 minutes on 2 CPU cores with native
 # bf16, about two hours without; docs/demo-model.md).
 demo-model: $(STAMP)
 	$(PY) -m training.demo.recipe --out models/llava-local-tiny --work build/demo
