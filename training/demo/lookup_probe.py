@@ -109,15 +109,15 @@ class TowerFeatures:
         self.width = self.tower.config.hidden_size
         if (n := tokens_per_image(self.tower.config, "default")) != 9:
             raise ValueError(f"{tower_dir}: {n} patch tokens; the probe needs 3x3, one per grid cell")
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: dict[Scene, torch.Tensor] = {}  # by the scene itself: keys repeat across worlds
 
     @torch.no_grad()
     def __call__(self, scene: Scene) -> torch.Tensor:
-        if scene.key not in self._cache:
+        if scene not in self._cache:
             pixels = torch.from_numpy(preprocess(render(scene, self.tower.config.image_size), self.pp))
             # the stage presets' features: the last layer, CLS dropped: (9, hidden)
-            self._cache[scene.key] = vision_tokens(self.tower, pixels, -1, "default")[0].clone()
-        return self._cache[scene.key]
+            self._cache[scene] = vision_tokens(self.tower, pixels, -1, "default")[0].clone()
+        return self._cache[scene]
 
 
 def encode_example(scene: Scene, qa: teacher.QA, form: str, tok: Any, image_id: int,

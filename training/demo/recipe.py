@@ -53,6 +53,7 @@ STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "listing", "lookup", "rel
           "convert", "eval")
 CURRICULUM = ("listing", "lookup", "relation")  # optional stages between stage 1 and stage 2, in order
 SECOND_PASS = ("relation2", "final")  # optional stages after stage 2, in order
+LLAVA_STAGES = ("stage1", *CURRICULUM, "stage2", *SECOND_PASS)  # the stages that train LLaVA, in STAGES order
 DATA_OF = {"relation2": "relation", "final": "stage2"}  # stages that reuse another stage's data file
 RECIPE_ID = "llava-local-tiny/11"  # bump when the recipe changes what it trains
 
@@ -105,7 +106,7 @@ def load_recipe(path: str | Path = RECIPE_YAML, scale: float = 1.0) -> RecipeCon
     import yaml
 
     d = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    w, e = d.get("world", {}), d.get("eval", {})
+    w, e, st = d.get("world", {}), d.get("eval", {}), d.get("stages", {})
     if "precision" in d.get("lm", {}):  # one owner: the recipe applies its precision to every stage
         raise UsageError("lm: precision is set for the whole recipe (top-level `precision`), not per stage")
     lm = _dc(LMConfig, d.get("lm", {}), "lm")
@@ -118,11 +119,8 @@ def load_recipe(path: str | Path = RECIPE_YAML, scale: float = 1.0) -> RecipeCon
     return RecipeConfig(
         world_seed=int(w.get("seed", 0)), scenes=scenes, image_size=int(w.get("image_size", 96)),
         mix=_dc(DataMix, d.get("mix", {}), "mix"), vocab_size=int(d.get("tokenizer", {}).get("vocab_size", 1024)),
-        lm=lm, clip=clip, stage1=d.get("stages", {}).get("stage1", "demo-stage1"),
-        listing=d.get("stages", {}).get("listing") or "", lookup=d.get("stages", {}).get("lookup") or "",
-        relation=d.get("stages", {}).get("relation") or "",
-        stage2=d.get("stages", {}).get("stage2", "demo-stage2"),
-        relation2=d.get("stages", {}).get("relation2") or "", final=d.get("stages", {}).get("final") or "",
+        lm=lm, clip=clip, stage1=st.get("stage1", "demo-stage1"), stage2=st.get("stage2", "demo-stage2"),
+        **{s: st.get(s) or "" for s in (*CURRICULUM, *SECOND_PASS)},  # optional stages: empty leaves one out
         quant=d.get("convert", {}).get("quant", "q8_0"),
         eval_seed=int(e.get("seed", 1000)), eval_n=int(e.get("n", 300)), precision=str(d.get("precision", "fp32")),
         stage_scale=scale,
@@ -247,7 +245,7 @@ class Recipe:
 
     def _previous(self, stage: str) -> Path:
         """The output a LLaVA stage starts from: the last stage before it that the recipe runs (stage 1 at least)."""
-        before = [s for s in ("stage1", *CURRICULUM, "stage2", *SECOND_PASS) if STAGES.index(s) < STAGES.index(stage)]
+        before = [s for s in LLAVA_STAGES if STAGES.index(s) < STAGES.index(stage)]
         return self.work / next(s for s in reversed(before) if s in ("stage1", "stage2") or getattr(self.cfg, s))
 
     def _last_llava(self) -> Path:
@@ -350,20 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="shrink scenes and steps (e.g. 0.2 for a trial run)")
     p.add_argument("--from", dest="start", choices=STAGES, default="data", help="first stage to run")
     p.add_argument("--to", dest="stop", choices=STAGES, default="eval", help="last stage to run")
-    p.add_argument("--stage1", nargs="*", default=[], metavar="key=value", help="extra stage-1 config overrides")
-    for stage in CURRICULUM:
+    for stage in LLAVA_STAGES:
         p.add_argument(f"--{stage}", nargs="*", default=[], metavar="key=value",
-                       help=f"extra {stage}-stage config overrides")
-    p.add_argument("--stage2", nargs="*", default=[], metavar="key=value", help="extra stage-2 config overrides")
-    for stage in SECOND_PASS:
-        p.add_argument(f"--{stage}", nargs="*", default=[], metavar="key=value",
-                       help=f"extra {stage}-stage config overrides")
+                       help=f"extra config overrides for the {stage} stage")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         cfg = load_recipe(args.config, args.scale)
-        overrides = {stage: getattr(args, stage) for stage in ("stage1", *CURRICULUM, "stage2", *SECOND_PASS)}
+        overrides = {stage: getattr(args, stage) for stage in LLAVA_STAGES}
         recipe = Recipe(cfg, Path(args.work), Path(args.out), overrides)
         report = recipe.run(args.start, args.stop)
     except LlavaLocalError as e:

@@ -52,8 +52,8 @@ def cell_tokens(tower: Callable[[Scene], torch.Tensor], seed: int, n: int) -> Ce
         feats = tower(scene)  # (9, hidden), raster order
         for o in scene.objects:
             rows.append(feats[3 * o.row + o.col])
-            labels["shape"].append(ATTRIBUTES["shape"].index(o.shape))
-            labels["colour"].append(ATTRIBUTES["colour"].index(o.colour))
+            for attr, names in ATTRIBUTES.items():
+                labels[attr].append(names.index(getattr(o, attr)))
             sizes.append(o.size)
     return CellTokens(torch.stack(rows), {a: torch.tensor(v) for a, v in labels.items()}, sizes)
 
@@ -76,9 +76,8 @@ def _fit(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float = 1e-4) -> to
 def probe(tower_dir: str | Path, train_n: int = 4000, test_n: int = 600, world_seed: int = 0,
           eval_seed: int = 1000) -> dict[str, Any]:
     """Held-out linear-probe accuracy of a tower's cell tokens, per attribute: overall, by size, top confusions."""
-    # one TowerFeatures per world: its cache is keyed by scene key, which both worlds share
-    train = cell_tokens(TowerFeatures(tower_dir), world_seed, train_n)
-    test = cell_tokens(TowerFeatures(tower_dir), eval_seed, test_n)
+    tower = TowerFeatures(tower_dir)
+    train, test = cell_tokens(tower, world_seed, train_n), cell_tokens(tower, eval_seed, test_n)
     return {"tower": str(tower_dir), **probe_tokens(train, test)}
 
 
