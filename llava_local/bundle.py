@@ -86,6 +86,11 @@ class Model:
         if n_ctx < 64:
             raise UsageError(f"--n-ctx {n_ctx} is too small; use at least 64 (the bundle supports "
                              f"{manifest.llm.context_length})")
+        # Checked before anything is allocated: beyond its training context a model answers with noise, and the
+        # KV cache for an absurd value takes gigabytes before llama.cpp gives up.
+        if n_ctx > manifest.llm.context_length:
+            raise UsageError(f"--n-ctx {n_ctx} is more than this model was trained for; use at most "
+                             f"{manifest.llm.context_length}")
         self.vision = VisionEncoder(bundle_dir / manifest.vision.files[self.vision_dtype], manifest.vision,
                                     device=device, threads=threads)
         gguf = bundle_dir / manifest.llm.files[self.quant]

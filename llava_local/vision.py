@@ -38,8 +38,17 @@ _QUIET = 4  # ORT severity FATAL: CUDA load failures are expected on CPU machine
 def _ort():
     try:
         import onnxruntime as ort
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise EngineError(f"onnxruntime is not installed ({e}); `pip install onnxruntime`") from None
+    except ImportError as e:
+        # pybind11 turns any exception raised while its module initialises into ImportError("initialization
+        # failed") chained to the original: Ctrl-C during the (slow) first import arrives that way.
+        cause: BaseException | None = e
+        while cause is not None:
+            if isinstance(cause, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "onnxruntime":
+            raise EngineError("onnxruntime is not installed; `pip install onnxruntime`") from None
+        raise EngineError(f"onnxruntime is installed but does not load: {str(e).splitlines()[0]}") from None
     return ort
 
 

@@ -16,9 +16,16 @@ pay for them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property-based tests: "ci" (the default) keeps `make test` bounded; HYPOTHESIS_PROFILE=fuzz tries many more inputs.
+settings.register_profile("ci", max_examples=30, deadline=None, print_blob=True)
+settings.register_profile("fuzz", max_examples=3000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)

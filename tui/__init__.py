@@ -12,7 +12,7 @@ import sqlite3
 
 
 def launch(args: argparse.Namespace) -> int:
-    """Open the chat app; returns 0 when the user quits."""
+    """Open the chat app; returns 0 when the user quits, 130/143 after SIGINT/SIGTERM, 1 if it crashed."""
     # textual-image asks the terminal about graphics support and cell size when first imported; that must happen
     # before Textual owns stdin, or the terminal's reply ("ESC[?1;2c") is read as typed keys.
     try:
@@ -44,4 +44,6 @@ def launch(args: argparse.Namespace) -> int:
         code = app.run()
     finally:
         store.close()
+    if code is None and app.return_code:  # Textual printed a crash's traceback: not a success
+        return int(app.return_code)
     return int(code or 0)

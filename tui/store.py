@@ -5,21 +5,34 @@ Contract: `Store(data_dir)` opens (creating if needed) `data_dir/sessions.db` in
 its images and the answer in one transaction, so a `kill -9` at any moment leaves either the whole turn or
 none of it. Images are copied into `images/<sha256>.<ext>` *before* the transaction (write to a temp file,
 fsync, rename), so a stored message never points at a missing file and a session survives the original
-file moving. Stdlib only (sqlite3); no Textual imports, so the store is testable on its own.
+file moving. Stdlib only (sqlite3) plus `llava_local.errors`; no Textual imports, so the store is testable on its own.
+
+A damaged database never stops the app and is never overwritten or deleted. At open, SQLite's `quick_check` and
+the table layout are checked; a damaged file (corrupt pages, not a database, foreign tables) is renamed to
+`sessions.damaged-<time>.db` (with its `-wal`), a fresh `sessions.db` is created, every session still readable in
+the damaged copy is copied into it, and `notice` says so in one line for the app to show. Rows that read but hold
+nonsense (settings that are not a JSON object, a title that is a number, an image reference that is not a
+sha256) come back with defaults or are skipped. A failure after opening (the disk goes bad mid-chat) raises
+`StoreError`, a `LlavaLocalError` the app turns into a notification.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from llava_local.errors import LlavaLocalError
 
 SCHEMA_VERSION = 1
 
@@ -52,6 +65,74 @@ CREATE TABLE IF NOT EXISTS message_images (
     PRIMARY KEY (message_id, position)
 );
 """
+
+
+# The columns every table must have (what the queries below use): a file with other tables is not ours.
+_COLUMNS = {
+    "sessions": {"id", "title", "model", "settings", "system", "created", "updated"},
+    "messages": {"id", "session_id", "position", "role", "text", "stop_reason", "stats"},
+    "message_images": {"message_id", "position", "sha256", "ext", "name"},
+}
+# SQLite result codes (the low byte of extended codes) that say "not now, not here" rather than "this file is
+# damaged": PERM, BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN. They never make us move the user's
+# database aside; every other failure while checking the file (CORRUPT, NOTADB, "unsupported file format") does.
+_ENVIRONMENT_CODES = {3, 5, 6, 7, 8, 10, 13, 14}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_EXT = re.compile(r"\.[^/\\\x00]{1,32}")  # what Path.suffix can give, never a separator
+
+
+class StoreError(LlavaLocalError):
+    """The sessions database failed after it was opened (disk error, damage appearing mid-run)."""
+
+
+class _Damaged(Exception):
+    """Raised inside `Store` when the file at open is not a healthy sessions database."""
+
+
+_T = TypeVar("_T")
+
+
+def _guarded(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """sqlite3 errors from a store method become one-line StoreErrors."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> _T:
+        try:
+            return fn(self, *args, **kwargs)
+        except (sqlite3.Error, UnicodeDecodeError) as e:
+            raise StoreError(f"the sessions database {self.db_path} failed: {e}") from None
+    return wrapper
+
+
+def _is_damage(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) not in _ENVIRONMENT_CODES
+
+
+def _decode(raw: bytes) -> str:
+    """TEXT values as str even when a damaged page holds bytes that are not UTF-8 (the default raises)."""
+    return raw.decode("utf-8", "replace")
+
+
+def _text(value: Any, default: str = "") -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return default if value is None else str(value)
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    """A stored JSON object, or {} for anything else (not JSON, JSON but not an object, NULL)."""
+    try:
+        data = json.loads(value) if isinstance(value, (str, bytes)) else None
+    except (ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 @dataclass(frozen=True)
@@ -107,14 +188,132 @@ class Store:
         self.images_dir = self.data_dir / "images"
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.data_dir / "sessions.db"
+        self.notice: str | None = None  # one line for the user when the database had to be repaired
+        self.damaged_copy: Path | None = None
+        try:
+            self._db = self._open(self.db_path)
+        except _Damaged as e:
+            self.damaged_copy = self._move_aside()
+            self._db = self._open(self.db_path)
+            saved, total = self._salvage(self.damaged_copy)
+            self.notice = (f"the sessions database was damaged ({e}); it is kept as {self.damaged_copy.name} and "
+                           f"{saved} of {total} sessions were copied into a new one")
+
+    @staticmethod
+    def _check(path: Path) -> None:
+        """_Damaged if the file at `path` is not a healthy sessions database. Read-only, so a damaged file and its
+        WAL are left exactly as they were (a read-write connection would checkpoint the WAL into it on close)."""
+        if not path.exists():
+            return
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as e:
+            if _is_damage(e):
+                raise _Damaged(str(e)) from None
+            raise
+        db.text_factory = _decode
+        try:
+            problems = [r[0] for r in db.execute("PRAGMA quick_check(3)").fetchall()]
+            if problems != ["ok"]:
+                raise _Damaged(_text(problems[0], "quick_check failed").splitlines()[0])
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables - set(_COLUMNS):
+                raise _Damaged(f"unexpected tables {', '.join(sorted(map(str, tables - set(_COLUMNS))))}")
+            for table in tables:
+                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                if not _COLUMNS[table] <= have:
+                    raise _Damaged(f"table {table} lacks {', '.join(sorted(_COLUMNS[table] - have))}")
+        except sqlite3.Error as e:
+            if _is_damage(e):
+                raise _Damaged(str(e)) from None
+            raise
+        except UnicodeDecodeError:  # SQLite's error message quotes a damaged schema's bytes
+            raise _Damaged("the schema is not readable text") from None
+        finally:
+            db.close()
+
+    @classmethod
+    def _open(cls, path: Path) -> sqlite3.Connection:
+        """Check the file, then connect and create the schema; _Damaged if it is not a healthy sessions database."""
+        cls._check(path)
         # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE … COMMIT), one per turn.
-        self._db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk when save_turn returns, so a finished turn survives power loss too.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.text_factory = _decode
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk when save_turn returns, so a finished turn survives power loss too.
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self) -> Path:
+        """Rename the damaged database (and its WAL, which holds committed turns too) out of the way; keep both."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dest = self.db_path.with_name(f"sessions.damaged-{stamp}.db")
+        n = 1
+        while dest.exists():
+            n += 1
+            dest = self.db_path.with_name(f"sessions.damaged-{stamp}-{n}.db")
+        for suffix in ("-wal", "-shm"):
+            side = self.db_path.with_name(self.db_path.name + suffix)
+            if side.exists():
+                if suffix == "-shm":
+                    side.unlink()  # the shared-memory index is rebuilt from the WAL; it holds no data
+                else:
+                    side.rename(dest.with_name(dest.name + suffix))
+        self.db_path.rename(dest)
+        return dest
+
+    def _salvage(self, damaged: Path) -> tuple[int, int]:
+        """Copy every session that still reads from a damaged database; returns (copied, seen).
+
+        Reads a scratch copy, so SQLite's recovery on open (a WAL replay) never writes to the kept file."""
+        saved = total = 0
+        with tempfile.TemporaryDirectory(dir=self.data_dir, prefix=".salvage-") as tmp:
+            scratch = Path(tmp) / "s.db"
+            shutil.copyfile(damaged, scratch)
+            wal = damaged.with_name(damaged.name + "-wal")
+            if wal.exists():
+                shutil.copyfile(wal, scratch.with_name("s.db-wal"))
+            try:
+                src = sqlite3.connect(scratch, isolation_level=None)
+                src.text_factory = _decode
+            except sqlite3.Error:
+                return 0, 0
+            try:
+                rows = _read_rows(src, "SELECT id, title, model, settings, system, created, updated FROM sessions")
+            except (sqlite3.Error, UnicodeDecodeError):
+                rows = []
+            try:
+                for sid, title, model, settings, system, created, updated in rows:
+                    total += 1
+                    try:
+                        msgs = list(_read_messages(src, sid))
+                    except (sqlite3.Error, UnicodeDecodeError):
+                        continue  # this session's pages are gone
+                    try:
+                        with self._transaction():
+                            # The same id when it is a free integer, so `--session 3` still finds session 3.
+                            keep_id = sid if isinstance(sid, int) and not self._db.execute(
+                                "SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone() else None
+                            cur = self._db.execute(
+                                "INSERT INTO sessions (id, title, model, settings, system, created, updated) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (keep_id, _text(title, "untitled"), _text(model), json.dumps(_json_object(settings)),
+                                 None if system is None else _text(system), _number(created), _number(updated)))
+                            for pos, m in enumerate(msgs):
+                                self._insert(int(cur.lastrowid), pos, m)
+                        saved += 1
+                    except (sqlite3.Error, ValueError, OverflowError):
+                        continue
+            finally:
+                src.close()
+        return saved, total
 
     def close(self) -> None:
         self._db.close()
@@ -134,6 +333,7 @@ class Store:
         return ref.path(self.images_dir)
 
     # -- sessions -------------------------------------------------------------------------------
+    @_guarded
     def create_session(self, title: str, model: str, settings: dict[str, Any], system: str | None) -> int:
         now = time.time()
         cur = self._db.execute(
@@ -142,6 +342,7 @@ class Store:
         )
         return int(cur.lastrowid)
 
+    @_guarded
     def update_session(self, session_id: int, **fields: Any) -> None:
         """Change `title`, `model`, `settings` (dict) or `system` of a session."""
         allowed = {"title", "model", "settings", "system"}
@@ -153,10 +354,12 @@ class Store:
         self._db.execute(f"UPDATE sessions SET {sets}, updated = ? WHERE id = ?",
                          (*fields.values(), time.time(), session_id))
 
+    @_guarded
     def delete_session(self, session_id: int) -> None:
         """Delete a session and its messages. Image files stay: other sessions may share them."""
         self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
 
+    @_guarded
     def sessions(self) -> list[SessionRow]:
         """All sessions, most recently updated first."""
         rows = self._db.execute(
@@ -164,26 +367,22 @@ class Store:
             "(SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id) "
             "FROM sessions s ORDER BY s.updated DESC, s.id DESC"
         ).fetchall()
-        return [SessionRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]) for r in rows]
+        # SQLite keeps whatever type was written: a row edited by hand comes back with defaults, not a crash.
+        return [SessionRow(r[0], _text(r[1], "untitled"), _text(r[2]), _json_object(r[3]),
+                           None if r[4] is None else _text(r[4]), _number(r[5]), int(r[6]))
+                for r in rows if isinstance(r[0], int)]
 
+    @_guarded
     def session(self, session_id: int) -> SessionRow | None:
         return next((s for s in self.sessions() if s.id == session_id), None)
 
+    @_guarded
     def messages(self, session_id: int) -> list[Message]:
-        """A session's messages in conversation order, with their images."""
-        rows = self._db.execute(
-            "SELECT id, role, text, stop_reason, stats FROM messages WHERE session_id = ? ORDER BY position",
-            (session_id,),
-        ).fetchall()
-        out = []
-        for mid, role, text, stop, stats in rows:
-            imgs = self._db.execute(
-                "SELECT sha256, ext, name FROM message_images WHERE message_id = ? ORDER BY position", (mid,)
-            ).fetchall()
-            out.append(Message(role, text, tuple(ImageRef(*i) for i in imgs), stop, json.loads(stats or "{}")))
-        return out
+        """A session's messages in conversation order, with their images (malformed rows skipped)."""
+        return list(_read_messages(self._db, session_id))
 
     # -- turns ----------------------------------------------------------------------------------
+    @_guarded
     def save_turn(self, session_id: int, user: Message, answer: Message) -> None:
         """Append a finished turn (question + answer) in one transaction."""
         with self._transaction():
@@ -192,6 +391,7 @@ class Store:
             self._insert(session_id, n + 1, answer)
             self._db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), session_id))
 
+    @_guarded
     def replace_last_answer(self, session_id: int, answer: Message) -> None:
         """Regenerate: swap the last assistant message for a new one, in one transaction."""
         with self._transaction():
@@ -203,6 +403,7 @@ class Store:
             self._insert(session_id, row[1] if row else 0, answer)
             self._db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), session_id))
 
+    @_guarded
     def clear_messages(self, session_id: int) -> None:
         self._db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
 
@@ -231,6 +432,38 @@ class _Tx:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _read_rows(db: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows one at a time until the first unreadable page: what comes before it is kept."""
+    out = []
+    try:
+        for row in db.execute(sql, params):
+            out.append(row)
+    except (sqlite3.DatabaseError, UnicodeDecodeError):
+        if not out:
+            raise
+    return out
+
+
+def _read_messages(db: sqlite3.Connection, session_id: int) -> Sequence[Message]:
+    rows = db.execute(
+        "SELECT id, role, text, stop_reason, stats FROM messages WHERE session_id = ? ORDER BY position",
+        (session_id,),
+    ).fetchall()
+    out = []
+    for mid, role, text, stop, stats in rows:
+        if role not in ("user", "assistant"):
+            continue  # the CHECK constraint is not re-checked on read: a damaged row can say anything
+        imgs = db.execute(
+            "SELECT sha256, ext, name FROM message_images WHERE message_id = ? ORDER BY position", (mid,)
+        ).fetchall()
+        # Only well-formed references: the path is built from them, so "../x" must never reach the filesystem.
+        refs = tuple(ImageRef(sha, ext, _text(name, "image")) for sha, ext, name in imgs
+                     if isinstance(sha, str) and isinstance(ext, str) and _SHA256.fullmatch(sha)
+                     and _EXT.fullmatch(ext))
+        out.append(Message(role, _text(text), refs, stop if isinstance(stop, str) else None, _json_object(stats)))
+    return out
 
 
 def messages_to_turns(messages: Sequence[Message]) -> list[tuple[str, str, int]]:
