@@ -48,6 +48,6 @@ class Suggestions(Vertical):
         self.prompts = list(prompts)
 
     def compose(self) -> ComposeResult:
-        yield Static("Try asking  (click a question, or focus it and press Enter, to use it)", classes="role")
+        yield Static("Try asking  [not bold dim](click one, or focus it and press Enter)[/]", classes="role")
         for text in self.prompts:
             yield SuggestedPrompt(text)
