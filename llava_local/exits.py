@@ -181,6 +181,16 @@ def run_main(body: Callable[[], int | None]) -> int:
                 # `llava-local chat ... | head`: the reader went away; exit quietly like other Unix tools.
                 _stdout_to_devnull()
                 return EXIT_OK
+            except SystemExit as e:  # argparse: --help, --version, a usage error; its output must reach stdout too
+                try:
+                    sys.stdout.flush()
+                except OutputError as out:
+                    _stdout_to_devnull()
+                    _say(f"llava-local: error: {out}")
+                    return out.exit_code
+                except BrokenPipeError:
+                    _stdout_to_devnull()
+                raise e
     finally:
         sys.stdout, sys.stderr = saved_out, saved_err
 
