@@ -100,38 +100,54 @@ def test_cpu_probe_cache_that_is_not_an_object_is_rewritten(rt_bundle, monkeypat
 
 # -- Ctrl-C while onnxruntime loads ---------------------------------------------------------------------------
 
-_ORT_IMPORT = textwrap.dedent("""
-    import os, signal, sys, threading, time
+# onnxruntime's native module init converts an exception raised inside it (KeyboardInterrupt from a Ctrl-C landing
+# while it imports numpy's C API) into a plain ImportError, "import numpy failed" without a cause or pybind11's
+# "initialization failed". This stand-in package does the same around a wait, so a real SIGINT lands there every
+# time (with numpy already imported the real window is a few milliseconds wide).
+_FAKE_ORT = textwrap.dedent("""
+    import sys, time
+    print("loading", flush=True)
+    try:
+        time.sleep(60)
+    except BaseException:
+        raise ImportError("import numpy failed") from None
+""")
+_CALL_ORT = textwrap.dedent("""
     from llava_local.errors import EngineError
     from llava_local.vision import _ort
-    delay = float(sys.argv[1])
-    if delay >= 0:
-        threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)).start()
-    t0 = time.perf_counter()
     try:
         _ort()
-        print("loaded", time.perf_counter() - t0)
-    except KeyboardInterrupt:
-        print("interrupted")
     except EngineError as e:
-        print("engine-error", e)
+        print("engine-error:", e, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
 """)
 
 
 def test_ctrl_c_while_onnxruntime_loads_is_an_interrupt(tmp_path):
-    """A real SIGINT at several points of the (slow, native) first import: each run ends interrupted or loaded,
-    never with "onnxruntime is not installed" (what ORT's init turned the KeyboardInterrupt into)."""
-    def run(delay: float) -> str:
-        out = subprocess.run([sys.executable, "-c", _ORT_IMPORT, str(delay)], capture_output=True, text=True,
-                             env=_env(tmp_path), cwd=REPO, timeout=120)
-        return out.stdout.strip() or out.stderr.strip().splitlines()[-1]
+    (tmp_path / "fake" / "onnxruntime").mkdir(parents=True)
+    (tmp_path / "fake" / "onnxruntime" / "__init__.py").write_text(_FAKE_ORT)
+    env = {**_env(tmp_path), "PYTHONPATH": f"{tmp_path / 'fake'}{os.pathsep}{REPO}"}
+    proc = subprocess.Popen([sys.executable, "-c", _CALL_ORT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO)
+    try:
+        assert proc.stdout.readline().strip() == "loading"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert out.strip() == "interrupted", (out, err)  # was: "engine-error: onnxruntime is not installed"
 
-    first = run(-1)
-    assert first.startswith("loaded"), first
-    took = float(first.split()[1])
-    outcomes = [run(took * f) for f in (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)]
-    assert not [o for o in outcomes if not o.startswith(("interrupted", "loaded"))], outcomes
-    assert any(o == "interrupted" for o in outcomes), outcomes  # the signal did land inside the import
+
+def test_a_broken_onnxruntime_is_not_called_missing(tmp_path):
+    (tmp_path / "fake" / "onnxruntime").mkdir(parents=True)
+    (tmp_path / "fake" / "onnxruntime" / "__init__.py").write_text("raise ImportError('libonnxruntime.so: missing')")
+    env = {**_env(tmp_path), "PYTHONPATH": f"{tmp_path / 'fake'}{os.pathsep}{REPO}"}
+    out = subprocess.run([sys.executable, "-c", _CALL_ORT], capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=60).stdout
+    assert "installed but does not load: libonnxruntime.so" in out, out
 
 
 # -- closed and full standard streams -------------------------------------------------------------------------
