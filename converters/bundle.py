@@ -138,8 +138,8 @@ def _prepare_target(out: Path, force: bool, sources: tuple[Path | None, ...] = (
         how = _overlaps(target, src)
         if how:
             raise ConversionError(f"output {target} {how} the source {src}; choose an -o outside it")
-    if target.exists() or target.is_symlink():
-        if not target.is_dir() or target.is_symlink():
+    if target.exists():
+        if not target.is_dir():
             raise ConversionError(f"output {target} exists and is not a directory; choose another -o")
         if any(target.iterdir()):
             if not force:
@@ -181,8 +181,9 @@ def _clean_stale(target: Path, note: Callable[[str], None] = lambda msg: None) -
     older than STALE_SECONDS. Only real directories named `.NAME.partial-*` are touched, never symlinks."""
     removed = []
     now = time.time()
-    for p in target.parent.glob(f".{target.name}{PARTIAL}*"):
-        if p.is_symlink() or not p.is_dir():
+    prefix = f".{target.name}{PARTIAL}"
+    for p in target.parent.iterdir():  # not glob: a bundle name may hold [ or *
+        if not p.name.startswith(prefix) or p.is_symlink() or not p.is_dir():
             continue
         try:
             owner = json.loads((p / OWNER_FILE).read_text())
