@@ -79,10 +79,11 @@ class _GuardedOutput:
             self.write(line)
 
     def flush(self) -> None:
-        if self._stream is None:
+        flush = getattr(self._stream, "flush", None)  # None: closed at start (or a minimal stand-in in a test)
+        if flush is None:
             return
         try:
-            self._stream.flush()
+            flush()
         except BrokenPipeError:
             raise
         except OSError as e:
