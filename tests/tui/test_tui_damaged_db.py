@@ -75,3 +75,22 @@ async def test_corrupt_pages_are_reported_and_sessions_survive(fake, tmp_path: P
         assert 0 < len(store.sessions()) < 40
     finally:
         store.close()
+
+
+async def test_a_database_that_fails_mid_chat_is_a_notification(fake, store):
+    """The disk goes bad after opening: Ctrl+S, rename and saving a turn each say so; the chat goes on."""
+    from tui.widgets.prompt import PromptInput
+
+    app = _app(fake, store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.session is not None, what="the model")
+        store._db.close()  # every later call fails the way a broken disk makes SQLite fail
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: any("sessions database" in m for _, m in notifications(app)),
+                         what="the error")
+        assert not isinstance(app.screen, SessionsScreen) and app.is_running
+        app.query_one(PromptInput).text = "still there?"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: any("could not save the turn" in m for _, m in notifications(app)),
+                         what="the save error")
+        assert app.is_running and not app.busy
