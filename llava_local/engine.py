@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from . import llamalog
 from .config import GenerationConfig
-from .errors import ContextOverflow, EngineError
+from .errors import ContextOverflow, EngineError, UsageError
 
 _backend_ready = False
 
@@ -106,6 +106,13 @@ class Engine:
             raise EngineError(f"llama.cpp could not load {path.name}: {llamalog.recent_errors() or 'unknown error'}")
         self._ctx = None
         self._tok_batch = self._emb_batch = None
+        # Before the KV cache is allocated: a bundle whose manifest promises more context than its GGUF was trained
+        # for (a mismatched or hostile bundle) would otherwise allocate gigabytes and answer with noise.
+        n_ctx_train = int(ll.llama_model_n_ctx_train(self._model))
+        if 0 < n_ctx_train < n_ctx:
+            self.close()
+            raise UsageError(f"a context of {n_ctx} tokens is more than {path.name} was trained for; use at most "
+                             f"{n_ctx_train} (--n-ctx)")
         threads = n_threads or default_threads()
         cparams = ll.llama_context_default_params()
         cparams.n_ctx = n_ctx

@@ -222,3 +222,17 @@ def test_success_error_and_usage_exit_codes(rt_bundle, rt_images, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert _sh(f"{CLI} chat --model {tmp_path / 'nothing'} --prompt hi", tmp_path).returncode == 1
     assert _sh(f"{CLI} chat --model {rt_bundle} --prompt hi --device tpu", tmp_path).returncode == 2
+
+
+def test_manifest_promising_more_context_than_the_gguf_is_refused_before_allocating(capsys, rt_bundle, tmp_path):
+    """A mismatched (or hostile) manifest: its context_length is the default --n-ctx, so the GGUF's own training
+    context is checked before llama.cpp allocates the KV cache."""
+    import shutil
+
+    bundle = Path(shutil.copytree(rt_bundle, tmp_path / "b"))
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["llm"]["context_length"] = 1_000_000
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    code = main(["chat", "--model", str(bundle), "--prompt", "q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "was trained for; use at most 512" in err, err
