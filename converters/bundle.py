@@ -156,10 +156,18 @@ OWNER_FILE = ".owner.json"
 STALE_SECONDS = 24 * 3600  # a work dir without a readable owner is left alone for a day (it may be another tool's)
 
 
+def _boot_id() -> str:
+    """Changes at every boot (Linux); after a reboot every recorded pid is dead, whatever runs under it now."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _workdir(target: Path) -> Path:
     """A fresh `.NAME.partial-XXXX` next to the target, with an owner record for `_clean_stale`."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL}", dir=target.parent))
-    (tmp / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+    (tmp / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "boot": _boot_id(),
                                                "started": time.time()}))
     return tmp
 
@@ -187,7 +195,8 @@ def _clean_stale(target: Path, note: Callable[[str], None] = lambda msg: None) -
             continue
         try:
             owner = json.loads((p / OWNER_FILE).read_text())
-            stale = owner["host"] == socket.gethostname() and not _pid_alive(int(owner["pid"]))
+            rebooted = bool(owner.get("boot")) and owner["boot"] != _boot_id()
+            stale = owner["host"] == socket.gethostname() and (rebooted or not _pid_alive(int(owner["pid"])))
         except (OSError, ValueError, KeyError, TypeError):
             try:
                 stale = now - p.stat().st_mtime > STALE_SECONDS

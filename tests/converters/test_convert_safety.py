@@ -117,7 +117,8 @@ def test_work_dirs_of_dead_converts_are_removed(src, tmp_path, capsys):
         return d
 
     dead = partial("dead", {"pid": _dead_pid(), "host": host, "started": 0})
-    alive = partial("alive", {"pid": os.getpid(), "host": host, "started": 0})  # a convert still running
+    alive = partial("alive", {"pid": os.getpid(), "host": host, "boot": bundle_mod._boot_id(), "started": 0})
+    before_reboot = partial("rebooted", {"pid": os.getpid(), "host": host, "boot": "another-boot", "started": 0})
     elsewhere = partial("other-host", {"pid": _dead_pid(), "host": "not-" + host, "started": 0})
     old = partial("old", None, age_s=3 * 24 * 3600)
     fresh = partial("fresh", None)
@@ -129,7 +130,7 @@ def test_work_dirs_of_dead_converts_are_removed(src, tmp_path, capsys):
     (src / "model.safetensors").write_bytes(b"broken")  # the convert itself fails early: cleaning comes first
     assert main(["convert", str(src), "-o", str(parent / "b"), *FAST]) == 1
     capsys.readouterr()
-    assert not dead.exists() and not old.exists()
+    assert not dead.exists() and not old.exists() and not before_reboot.exists()
     assert alive.exists() and elsewhere.exists() and fresh.exists() and link.is_symlink()
     assert (target / "x").read_text() == "x"
 
