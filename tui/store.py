@@ -7,13 +7,13 @@ none of it. Images are copied into `images/<sha256>.<ext>` *before* the transact
 fsync, rename), so a stored message never points at a missing file and a session survives the original
 file moving. Stdlib only (sqlite3) plus `llava_local.errors`; no Textual imports, so the store is testable on its own.
 
-A damaged database never stops the app and is never overwritten or deleted. At open, SQLite's `quick_check` and
-the table layout are checked; a damaged file (corrupt pages, not a database, foreign tables) is renamed to
-`sessions.damaged-<time>.db` (with its `-wal`), a fresh `sessions.db` is created, every session still readable in
-the damaged copy is copied into it, and `notice` says so in one line for the app to show. Rows that read but hold
-nonsense (settings that are not a JSON object, a title that is a number, an image reference that is not a
-sha256) come back with defaults or are skipped. A failure after opening (the disk goes bad mid-chat) raises
-`StoreError`, a `LlavaLocalError` the app turns into a notification.
+A damaged database never stops the app and is never overwritten or deleted (`tui.store_repair`): a damaged file
+(corrupt pages, not a database, foreign tables) is renamed to `sessions.damaged-<time>.db` with its `-wal`, a fresh
+`sessions.db` is created, every session still readable in the damaged copy is copied into it under its old id, and
+`notice` says so in one line for the app to show. Rows that read but hold nonsense (settings that are not a JSON
+object, a title that is a number, an image reference that is not a sha256) come back with defaults or are skipped.
+A failure after opening (the disk goes bad mid-chat) raises `StoreError`, a `LlavaLocalError` the app turns into a
+notification.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import sqlite3
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from llava_local.errors import LlavaLocalError
+
+from . import store_repair as repair
+from .store_repair import Damaged, decode, json_object, number, text
 
 SCHEMA_VERSION = 1
 
@@ -67,26 +69,12 @@ CREATE TABLE IF NOT EXISTS message_images (
 """
 
 
-# The columns every table must have (what the queries below use): a file with other tables is not ours.
-_COLUMNS = {
-    "sessions": {"id", "title", "model", "settings", "system", "created", "updated"},
-    "messages": {"id", "session_id", "position", "role", "text", "stop_reason", "stats"},
-    "message_images": {"message_id", "position", "sha256", "ext", "name"},
-}
-# SQLite result codes (the low byte of extended codes) that say "not now, not here" rather than "this file is
-# damaged": PERM, BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN. They never make us move the user's
-# database aside; every other failure while checking the file (CORRUPT, NOTADB, "unsupported file format") does.
-_ENVIRONMENT_CODES = {3, 5, 6, 7, 8, 10, 13, 14}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _EXT = re.compile(r"\.[^/\\\x00]{1,32}")  # what Path.suffix can give, never a separator
 
 
 class StoreError(LlavaLocalError):
     """The sessions database failed after it was opened (disk error, damage appearing mid-run)."""
-
-
-class _Damaged(Exception):
-    """Raised inside `Store` when the file at open is not a healthy sessions database."""
 
 
 _T = TypeVar("_T")
@@ -102,37 +90,6 @@ def _guarded(fn: Callable[..., _T]) -> Callable[..., _T]:
         except (sqlite3.Error, UnicodeDecodeError) as e:
             raise StoreError(f"the sessions database {self.db_path} failed: {e}") from None
     return wrapper
-
-
-def _is_damage(e: sqlite3.Error) -> bool:
-    code = getattr(e, "sqlite_errorcode", None)
-    return code is not None and (code & 0xFF) not in _ENVIRONMENT_CODES
-
-
-def _decode(raw: bytes) -> str:
-    """TEXT values as str even when a damaged page holds bytes that are not UTF-8 (the default raises)."""
-    return raw.decode("utf-8", "replace")
-
-
-def _text(value: Any, default: str = "") -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return default if value is None else str(value)
-
-
-def _json_object(value: Any) -> dict[str, Any]:
-    """A stored JSON object, or {} for anything else (not JSON, JSON but not an object, NULL)."""
-    try:
-        data = json.loads(value) if isinstance(value, (str, bytes)) else None
-    except (ValueError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 @dataclass(frozen=True)
@@ -192,53 +149,20 @@ class Store:
         self.damaged_copy: Path | None = None
         try:
             self._db = self._open(self.db_path)
-        except _Damaged as e:
-            self.damaged_copy = self._move_aside()
+        except Damaged as e:
+            self.damaged_copy = repair.move_aside(self.db_path)
             self._db = self._open(self.db_path)
-            saved, total = self._salvage(self.damaged_copy)
+            saved, total = repair.salvage(self.damaged_copy, self.data_dir, self._copy_session)
             self.notice = (f"the sessions database was damaged ({e}); it is kept as {self.damaged_copy.name} and "
                            f"{saved} of {total} sessions were copied into a new one")
 
     @staticmethod
-    def _check(path: Path) -> None:
-        """_Damaged if the file at `path` is not a healthy sessions database. Read-only, so a damaged file and its
-        WAL are left exactly as they were (a read-write connection would checkpoint the WAL into it on close)."""
-        if not path.exists():
-            return
-        try:
-            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        except sqlite3.Error as e:
-            if _is_damage(e):
-                raise _Damaged(str(e)) from None
-            raise
-        db.text_factory = _decode
-        try:
-            problems = [r[0] for r in db.execute("PRAGMA quick_check(3)").fetchall()]
-            if problems != ["ok"]:
-                raise _Damaged(_text(problems[0], "quick_check failed").splitlines()[0])
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if tables - set(_COLUMNS):
-                raise _Damaged(f"unexpected tables {', '.join(sorted(map(str, tables - set(_COLUMNS))))}")
-            for table in tables:
-                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-                if not _COLUMNS[table] <= have:
-                    raise _Damaged(f"table {table} lacks {', '.join(sorted(_COLUMNS[table] - have))}")
-        except sqlite3.Error as e:
-            if _is_damage(e):
-                raise _Damaged(str(e)) from None
-            raise
-        except UnicodeDecodeError:  # SQLite's error message quotes a damaged schema's bytes
-            raise _Damaged("the schema is not readable text") from None
-        finally:
-            db.close()
-
-    @classmethod
-    def _open(cls, path: Path) -> sqlite3.Connection:
-        """Check the file, then connect and create the schema; _Damaged if it is not a healthy sessions database."""
-        cls._check(path)
+    def _open(path: Path) -> sqlite3.Connection:
+        """Check the file, then connect and create the schema; Damaged if it is not a healthy sessions database."""
+        repair.check(path)
         # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE … COMMIT), one per turn.
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.text_factory = _decode
+        db.text_factory = decode
         try:
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk when save_turn returns, so a finished turn survives power loss too.
@@ -251,69 +175,21 @@ class Store:
             raise
         return db
 
-    def _move_aside(self) -> Path:
-        """Rename the damaged database (and its WAL, which holds committed turns too) out of the way; keep both."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        dest = self.db_path.with_name(f"sessions.damaged-{stamp}.db")
-        n = 1
-        while dest.exists():
-            n += 1
-            dest = self.db_path.with_name(f"sessions.damaged-{stamp}-{n}.db")
-        for suffix in ("-wal", "-shm"):
-            side = self.db_path.with_name(self.db_path.name + suffix)
-            if side.exists():
-                if suffix == "-shm":
-                    side.unlink()  # the shared-memory index is rebuilt from the WAL; it holds no data
-                else:
-                    side.rename(dest.with_name(dest.name + suffix))
-        self.db_path.rename(dest)
-        return dest
-
-    def _salvage(self, damaged: Path) -> tuple[int, int]:
-        """Copy every session that still reads from a damaged database; returns (copied, seen).
-
-        Reads a scratch copy, so SQLite's recovery on open (a WAL replay) never writes to the kept file."""
-        saved = total = 0
-        with tempfile.TemporaryDirectory(dir=self.data_dir, prefix=".salvage-") as tmp:
-            scratch = Path(tmp) / "s.db"
-            shutil.copyfile(damaged, scratch)
-            wal = damaged.with_name(damaged.name + "-wal")
-            if wal.exists():
-                shutil.copyfile(wal, scratch.with_name("s.db-wal"))
-            try:
-                src = sqlite3.connect(scratch, isolation_level=None)
-                src.text_factory = _decode
-            except sqlite3.Error:
-                return 0, 0
-            try:
-                rows = _read_rows(src, "SELECT id, title, model, settings, system, created, updated FROM sessions")
-            except (sqlite3.Error, UnicodeDecodeError):
-                rows = []
-            try:
-                for sid, title, model, settings, system, created, updated in rows:
-                    total += 1
-                    try:
-                        msgs = list(_read_messages(src, sid))
-                    except (sqlite3.Error, UnicodeDecodeError):
-                        continue  # this session's pages are gone
-                    try:
-                        with self._transaction():
-                            # The same id when it is a free integer, so `--session 3` still finds session 3.
-                            keep_id = sid if isinstance(sid, int) and not self._db.execute(
-                                "SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone() else None
-                            cur = self._db.execute(
-                                "INSERT INTO sessions (id, title, model, settings, system, created, updated) "
-                                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                (keep_id, _text(title, "untitled"), _text(model), json.dumps(_json_object(settings)),
-                                 None if system is None else _text(system), _number(created), _number(updated)))
-                            for pos, m in enumerate(msgs):
-                                self._insert(int(cur.lastrowid), pos, m)
-                        saved += 1
-                    except (sqlite3.Error, ValueError, OverflowError):
-                        continue
-            finally:
-                src.close()
-        return saved, total
+    def _copy_session(self, src: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+        """Salvage: one session (a SESSION_COLUMNS row) and its messages from a damaged database, in one transaction."""
+        sid, title, model, settings, system, created, updated = row
+        msgs = list(_read_messages(src, sid))
+        with self._transaction():
+            # The same id when it is a free integer, so `--session 3` still finds session 3.
+            keep_id = sid if isinstance(sid, int) and not self._db.execute(
+                "SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone() else None
+            cur = self._db.execute(
+                "INSERT INTO sessions (id, title, model, settings, system, created, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (keep_id, text(title, "untitled"), text(model), json.dumps(json_object(settings)),
+                 None if system is None else text(system), number(created), number(updated)))
+            for pos, m in enumerate(msgs):
+                self._insert(int(cur.lastrowid), pos, m)
 
     def close(self) -> None:
         self._db.close()
@@ -368,8 +244,8 @@ class Store:
             "FROM sessions s ORDER BY s.updated DESC, s.id DESC"
         ).fetchall()
         # SQLite keeps whatever type was written: a row edited by hand comes back with defaults, not a crash.
-        return [SessionRow(r[0], _text(r[1], "untitled"), _text(r[2]), _json_object(r[3]),
-                           None if r[4] is None else _text(r[4]), _number(r[5]), int(r[6]))
+        return [SessionRow(r[0], text(r[1], "untitled"), text(r[2]), json_object(r[3]),
+                           None if r[4] is None else text(r[4]), number(r[5]), int(r[6]))
                 for r in rows if isinstance(r[0], int)]
 
     @_guarded
@@ -434,35 +310,23 @@ class _Tx:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def _read_rows(db: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Rows one at a time until the first unreadable page: what comes before it is kept."""
-    out = []
-    try:
-        for row in db.execute(sql, params):
-            out.append(row)
-    except (sqlite3.DatabaseError, UnicodeDecodeError):
-        if not out:
-            raise
-    return out
-
-
 def _read_messages(db: sqlite3.Connection, session_id: int) -> Sequence[Message]:
     rows = db.execute(
         "SELECT id, role, text, stop_reason, stats FROM messages WHERE session_id = ? ORDER BY position",
         (session_id,),
     ).fetchall()
     out = []
-    for mid, role, text, stop, stats in rows:
+    for mid, role, body, stop, stats in rows:
         if role not in ("user", "assistant"):
             continue  # the CHECK constraint is not re-checked on read: a damaged row can say anything
         imgs = db.execute(
             "SELECT sha256, ext, name FROM message_images WHERE message_id = ? ORDER BY position", (mid,)
         ).fetchall()
         # Only well-formed references: the path is built from them, so "../x" must never reach the filesystem.
-        refs = tuple(ImageRef(sha, ext, _text(name, "image")) for sha, ext, name in imgs
+        refs = tuple(ImageRef(sha, ext, text(name, "image")) for sha, ext, name in imgs
                      if isinstance(sha, str) and isinstance(ext, str) and _SHA256.fullmatch(sha)
                      and _EXT.fullmatch(ext))
-        out.append(Message(role, _text(text), refs, stop if isinstance(stop, str) else None, _json_object(stats)))
+        out.append(Message(role, text(body), refs, stop if isinstance(stop, str) else None, json_object(stats)))
     return out
 
 
