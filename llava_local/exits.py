@@ -120,14 +120,22 @@ def _reserve_std_fds() -> None:
                 os.close(null)
 
 
-def _stdout_to_devnull() -> None:
-    """After EPIPE/ENOSPC the text buffer still holds output that the interpreter flushes at exit; let it go."""
+def _stdout_to_devnull(stream: TextIO | None) -> None:
+    """After EPIPE/ENOSPC the text buffer still holds output that the interpreter flushes at exit; let it go.
+    Only the failed stream's own descriptor is redirected (an in-memory stand-in has none)."""
     try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.__stdout__.fileno() if sys.__stdout__ else 1)
-        os.close(null)
-    except (OSError, ValueError):
+        fd = stream.fileno() if stream is not None else -1
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return
+    if fd < 0:
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    except OSError:
         pass
+    finally:
+        os.close(null)
 
 
 @contextlib.contextmanager
@@ -166,7 +174,7 @@ def run_main(body: Callable[[], int | None]) -> int:
                 sys.stdout.flush()
                 return code
             except OutputError as e:
-                _stdout_to_devnull()
+                _stdout_to_devnull(saved_out)
                 _say(f"llava-local: error: {e}")
                 return e.exit_code
             except LlavaLocalError as e:
@@ -180,17 +188,17 @@ def run_main(body: Callable[[], int | None]) -> int:
                 return EXIT_TERMINATED
             except BrokenPipeError:
                 # `llava-local chat ... | head`: the reader went away; exit quietly like other Unix tools.
-                _stdout_to_devnull()
+                _stdout_to_devnull(saved_out)
                 return EXIT_OK
             except SystemExit as e:  # argparse: --help, --version, a usage error; its output must reach stdout too
                 try:
                     sys.stdout.flush()
                 except OutputError as out:
-                    _stdout_to_devnull()
+                    _stdout_to_devnull(saved_out)
                     _say(f"llava-local: error: {out}")
                     return out.exit_code
                 except BrokenPipeError:
-                    _stdout_to_devnull()
+                    _stdout_to_devnull(saved_out)
                 raise e
     finally:
         sys.stdout, sys.stderr = saved_out, saved_err

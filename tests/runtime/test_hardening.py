@@ -178,6 +178,14 @@ def test_full_disk_on_stdout(rt_bundle, rt_images, tmp_path, args):
     _one_line_error(r, 1, "No space left on device")
 
 
+def test_reader_gone_is_a_quiet_exit(rt_bundle, rt_images, tmp_path):
+    """`| true`: the reader has exited before the answer is written (EPIPE): no message, exit 0, like other tools."""
+    r = subprocess.run(["bash", "-c", f"{CLI} chat {rt_images[0]} --model {rt_bundle} --max-tokens 4 --prompt hi "
+                        "| true; exit ${PIPESTATUS[0]}"], capture_output=True, text=True, env=_env(tmp_path),
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 0 and r.stderr == "", (r.returncode, r.stderr)
+
+
 def test_closed_stderr_still_exits_with_the_code(rt_bundle, tmp_path):
     r = _sh(f"{CLI} chat --model {rt_bundle} --prompt q --temperature nan 2>&-", tmp_path)
     assert r.returncode == 2 and r.stdout == ""
