@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_DEV)
-	$(PIP) install -q -e '.[convert,train,dev]'
+	$(PIP) install -q -e '.[convert,train,serve,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
