@@ -27,7 +27,7 @@ from typing import Any
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -58,11 +58,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, n = [], 0
-    async for part in request.stream():
-        n += len(part)
-        if n > limit:
-            raise too_big
-        chunks.append(part)
+    try:
+        async for part in request.stream():
+            n += len(part)
+            if n > limit:
+                raise too_big
+            chunks.append(part)
+    except ClientDisconnect:  # the client left half way through its body; nobody reads this answer
+        raise ApiError(400, "the client closed the connection before the body ended", code="client_closed") from None
     return b"".join(chunks)
 
 

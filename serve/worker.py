@@ -64,7 +64,7 @@ class Worker:
         self.counters: dict[str, int] = dict.fromkeys(
             ("requests", "completed", "cancelled", "errors", "skipped", "rejected_busy", "images_encoded",
              "images_from_cache", "prompt_new", "prompt_reused", "generated"), 0)
-        self.last: dict[str, Any] = {}
+        self.recent: deque[dict[str, Any]] = deque(maxlen=16)  # the last requests' statistics, newest last
 
     # -- the request side (event loop thread) ----------------------------------------------------------------
     def start(self) -> None:
@@ -90,7 +90,8 @@ class Worker:
 
     def stats(self) -> dict[str, Any]:
         with self._stats_lock:
-            out = {"counters": dict(self.counters), "last": dict(self.last)}
+            out = {"counters": dict(self.counters), "last": dict(self.recent[-1]) if self.recent else {},
+                   "recent": [dict(r) for r in self.recent]}
         # The runtime's own counters: every row sent to llama_decode, every image run through the vision encoder.
         out["engine"] = {"rows_decoded": self.model.engine.rows_decoded,
                          "vision_images_encoded": self.model.vision.images_encoded,
@@ -176,4 +177,4 @@ class Worker:
             c["generated"] += last.get("n_generated", 0)
             if "stop_reason" in last:
                 c["cancelled" if last["stop_reason"] == "cancelled" else "completed"] += 1
-            self.last = last
+            self.recent.append(last)
