@@ -119,12 +119,12 @@ def _generation(body: dict[str, Any], limits: Limits) -> GenerationConfig:
     repeat = _number(body, "repeat_penalty", 0.01, 10.0)
     if repeat is not None:
         fields["repeat_penalty"] = repeat
-    top_k = _integer(body, "top_k", 0)
+    top_k = _integer(body, "top_k", 0, 2**31 - 1)  # llama.cpp takes an int32
     if top_k is not None:
         fields["top_k"] = top_k
-    max_tokens = _integer(body, "max_completion_tokens", 1)
+    max_tokens = _integer(body, "max_completion_tokens", 1, 2**31 - 1)
     if max_tokens is None:
-        max_tokens = _integer(body, "max_tokens", 1)
+        max_tokens = _integer(body, "max_tokens", 1, 2**31 - 1)
     fields["max_tokens"] = max_tokens or limits.default_max_tokens
     # OpenAI's penalties look at the whole answer: the penalties window covers max_tokens.
     fields["repeat_last_n"] = fields["max_tokens"]

@@ -13,7 +13,7 @@ import threading
 import httpx
 import openai
 import pytest
-from conftest import SHAPES, data_uri
+from servehelpers import SHAPES, data_uri
 
 from training.demo.evaluate import eval_set, score
 

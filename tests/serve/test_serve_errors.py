@@ -13,7 +13,7 @@ import zlib
 
 import httpx
 import pytest
-from conftest import KEY, SHAPES, data_uri
+from servehelpers import KEY, SHAPES, data_uri
 
 PNG = SHAPES.read_bytes()
 

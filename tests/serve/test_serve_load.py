@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
-from conftest import start_server
+from servehelpers import start_server
 
 LONG = {"model": "m", "temperature": 0, "max_tokens": 3600, "stream": True,
         "messages": [{"role": "user", "content": "Tell me a long story."}]}

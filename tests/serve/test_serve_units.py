@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SHAPES, free_port
+from servehelpers import REPO, SHAPES, free_port
 
 from llava_local import RuntimeConfig, Turn, open_model
 from llava_local.errors import EngineError
