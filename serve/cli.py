@@ -1,8 +1,8 @@
 """`llava-local serve`: load one model and serve it over OpenAI's chat-completions protocol until Ctrl-C/SIGTERM.
 
-Contract (a `llava_local.commands` entry point): `HELP`, `add_arguments(parser)`, `run(args) -> int`. The ASGI stack
-(starlette, uvicorn, sse-starlette: the `[serve]` extra) is imported inside `run`, so `llava-local --help` stays
-light. User mistakes (bad flags, a model that does not load, a port in use, a missing extra) raise
+Contract (a `llava_local.commands` entry point): `HELP`, `EXTRA`, `add_arguments(parser)`, `run(args) -> int`. The
+ASGI stack (starlette, uvicorn, sse-starlette: the `[serve]` extra) is imported inside `run`, so `llava-local --help`
+stays light. User mistakes (bad flags, a model that does not load, a port in use, a missing extra) raise
 `LlavaLocalError`: one line on stderr. Binds to 127.0.0.1 by default; binding anywhere else without an API key
 prints a one-line warning. The listening socket is bound before the model loads, so a busy port costs no load time;
 `--port 0` takes a free port, and the line printed once the server listens names the real one.
@@ -21,6 +21,7 @@ from llava_local.config import DEVICES
 from llava_local.errors import LlavaLocalError, UsageError
 
 HELP = "serve a model over an OpenAI-compatible HTTP API (needs the [serve] extra)"
+EXTRA = "serve"
 KEY_ENV = "LLAVA_LOCAL_API_KEY"
 
 

@@ -152,8 +152,9 @@ def test_worker_turns_an_engine_failure_into_a_500_and_keeps_serving(long_bundle
 
 
 def _serve(*args: str, env_home) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serve", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env={"LLAVA_LOCAL_HOME": str(env_home), "PATH": "/usr/bin:/bin"})
+    """`llava-local serve ARGS` through the real CLI (the command is found through its entry point)."""
+    return subprocess.run([sys.executable, "-m", "llava_local.cli", "serve", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={"LLAVA_LOCAL_HOME": str(env_home), "PATH": "/usr/bin:/bin"})
 
 
 def test_command_line_mistakes_are_one_line(tmp_path):
