@@ -63,6 +63,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+	$(PY) -m bench.serve   # its own section at the end of docs/benchmarks.md
 
 bench-data: $(STAMP)
 	$(PY) -m training.datagen.bench --n 10000 -o bench-out/shapes
