@@ -1,10 +1,14 @@
 """`python -m bench.serve`: the same conversation through `llava-local serve` and through an in-process ChatSession.
 
-What it measures, side by side in one run (runs interleaved: in-process, server, in-process, server, ...):
-- time to first token of a first turn with a new image (image read, preprocessing, vision encoder, prefill, the
-  first sampled token; for the server also base64, HTTP, JSON and the SSE chunk), seen by the caller: from the call
-  to the first text;
-- decode speed: tokens after the first divided by the time from the first to the last text the caller saw;
+What it measures, side by side in one run (runs interleaved: in-process, server, in-process, server, ...), as the
+caller sees it:
+- time to first token of a first turn with a new image: from the call to the moment the answer starts (image read,
+  preprocessing, vision encoder, prefill; for the server also base64, HTTP, JSON and the first SSE chunk). "Starts"
+  is the in-process `PromptProcessed` event and the server's first chunk, which it sends at that event: the first
+  token itself follows one decode step later on both sides. (Timing the first visible text would not work on the
+  random bench model, whose tokens mostly render as nothing.)
+- decode speed: generated tokens divided by the time from the answer's start to its end (the in-process `Finished`,
+  the server's chunk with `finish_reason`);
 - time to first token of a follow-up turn: the server's client resends the whole history (as OpenAI clients do), the
   in-process session just asks; both should decode only the new question (KV prefix reuse).
 The server is a real `python -m serve` process driven by the official `openai` client (streaming); each side has its
@@ -53,25 +57,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _timed(stream) -> dict[str, Any]:
-    """(first, last, text) timestamps of an iterator of text pieces; `t0` is the call's start."""
-    t0 = time.perf_counter()
-    first = last = None
-    text = ""
-    n = 0
-    for piece in stream:
-        if piece:
-            last = time.perf_counter()
-            first = first or last
-            text += piece
-            n += 1
-    return {"t0": t0, "first": first, "last": last, "text": text, "pieces": n}
-
-
-def _summary(t: dict[str, Any], n_tokens: int) -> dict[str, Any]:
-    ttft = t["first"] - t["t0"]
-    tps = (n_tokens - 1) / (t["last"] - t["first"]) if n_tokens > 1 and t["last"] > t["first"] else 0.0
-    return {"ttft": ttft, "tokens_per_second": tps, "tokens": n_tokens}
+def _summary(t0: float, started: float, ended: float, n_tokens: int, text: str) -> dict[str, Any]:
+    """`started`: the answer begins (prefill done); `ended`: the last token. Tokens/s over that span."""
+    return {"ttft": started - t0, "tokens_per_second": n_tokens / (ended - started) if ended > started else 0.0,
+            "tokens": n_tokens, "text": text}
 
 
 class InProcess:
@@ -84,23 +73,17 @@ class InProcess:
 
     def run(self, png: bytes, tokens: int) -> dict[str, Any]:
         from llava_local import ChatSession
-        from llava_local.events import Finished, TextChunk
+        from llava_local.events import Finished, PromptProcessed
 
         s = ChatSession(self.model, self.gen(temperature=0, max_tokens=tokens))
         out: dict[str, Any] = {}
         for key, question, images in (("first", QUESTION, [png]), ("follow_up", FOLLOW_UP, [])):
-            fin: list[Finished] = []
-
-            def pieces(q=question, imgs=images, fin=fin):
-                for ev in s.ask(q, images=imgs):
-                    if isinstance(ev, TextChunk):
-                        yield ev.text
-                    elif isinstance(ev, Finished):
-                        fin.append(ev)
-
-            t = _timed(pieces())
-            out[key] = _summary(t, fin[0].n_generated)
-            out[key]["text"] = t["text"]
+            t0 = time.perf_counter()
+            for ev in s.ask(question, images=images):
+                if isinstance(ev, PromptProcessed):
+                    started = time.perf_counter()
+                elif isinstance(ev, Finished):
+                    out[key] = _summary(t0, started, time.perf_counter(), ev.n_generated, ev.text)
         return out
 
 
@@ -136,23 +119,23 @@ class Server:
             {"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": url}}]}]
         out: dict[str, Any] = {}
         for key in ("first", "follow_up"):
-            usage: list[Any] = []
-
-            def pieces(usage=usage):
-                stream = self.client.chat.completions.create(
-                    model="m", messages=messages, temperature=0, max_tokens=tokens, stream=True,
-                    stream_options={"include_usage": True})
-                for c in stream:
-                    if c.usage is not None:
-                        usage.append(c.usage)
-                    if c.choices:
-                        yield c.choices[0].delta.content or ""
-
-            t = _timed(pieces())
-            out[key] = _summary(t, usage[0].completion_tokens)
-            out[key]["text"] = t["text"]
-            out[key]["cached_tokens"] = usage[0].prompt_tokens_details.cached_tokens
-            messages += [{"role": "assistant", "content": t["text"]}, {"role": "user", "content": FOLLOW_UP}]
+            t0 = time.perf_counter()
+            stream = self.client.chat.completions.create(
+                model="m", messages=messages, temperature=0, max_tokens=tokens, stream=True,
+                stream_options={"include_usage": True})
+            started = ended = None
+            text, usage = "", None
+            for c in stream:  # the first chunk (role) is sent when the prefill is done, as PromptProcessed
+                started = started or time.perf_counter()
+                if c.choices:
+                    text += c.choices[0].delta.content or ""
+                    if c.choices[0].finish_reason:
+                        ended = time.perf_counter()
+                if c.usage is not None:
+                    usage = c.usage
+            out[key] = _summary(t0, started, ended, usage.completion_tokens, text)
+            out[key]["cached_tokens"] = usage.prompt_tokens_details.cached_tokens
+            messages += [{"role": "assistant", "content": text}, {"role": "user", "content": FOLLOW_UP}]
         return out
 
     def close(self) -> None:
@@ -195,7 +178,10 @@ def render(res: dict[str, Any]) -> str:
              "in a data: URI, HTTP, JSON, SSE); in-process is `ChatSession.ask` in the benchmark's process. Each "
              "first turn has a new image (both sides encode it once); the follow-up resends the whole history to the "
              "server, which reuses the KV prefix "
-             f"(cached_tokens of the server's follow-ups: {res['server_cached_tokens']}).", "",
+             f"(cached_tokens of the server's follow-ups: {res['server_cached_tokens']}). Time to first token runs to "
+             "the answer's start (the prefill is done and the first token is being sampled: in-process the "
+             "`PromptProcessed` event, for the server its first SSE chunk, sent at that event); decode tokens/s from "
+             "there to the answer's end.", "",
              "| measurement | in-process best / median | server best / median | server / in-process (best) |",
              "| --- | ---: | ---: | ---: |"]
     for label, key, field, best in rows:
@@ -203,7 +189,7 @@ def render(res: dict[str, Any]) -> str:
         ratio = b["best"] / a["best"] if a["best"] else float("nan")
         lines.append(f"| {label} | {a['best']:.3f} / {a['median']:.3f} | {b['best']:.3f} / {b['median']:.3f} | "
                      f"{ratio:.3f} |")
-    lines += ["", f"Answers identical on both sides: {res['same_answers']}.", END, ""]
+    lines += ["", f"Answers identical on both sides (text and token count): {res['same_answers']}.", END, ""]
     return "\n".join(lines)
 
 
@@ -245,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             local.model.close()
         finally:
             server.close()
-    same = all(a[k]["text"] == b[k]["text"] for a, b in zip(runs_ip, runs_sv) for k in ("first", "follow_up"))
+    same = all((a[k]["text"], a[k]["tokens"]) == (b[k]["text"], b[k]["tokens"])
+               for a, b in zip(runs_ip, runs_sv) for k in ("first", "follow_up"))
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": f"{bundle.name} ({_shown(bundle)})",
            "repeats": args.repeats, "threads": args.threads, "tokens": args.tokens,
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
