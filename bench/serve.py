@@ -189,7 +189,11 @@ def render(res: dict[str, Any]) -> str:
         ratio = b["best"] / a["best"] if a["best"] else float("nan")
         lines.append(f"| {label} | {a['best']:.3f} / {a['median']:.3f} | {b['best']:.3f} / {b['median']:.3f} | "
                      f"{ratio:.3f} |")
-    lines += ["", f"Answers identical on both sides (text and token count): {res['same_answers']}.", END, ""]
+    lines += ["", f"Answers identical on both sides (text and token count): {res['same_answers']}. What a follow-up "
+              "costs the server beyond the in-process session is per-request work, not prefill (cached_tokens above: "
+              "the whole earlier prompt was reused): the client resends the conversation, image included, the server "
+              "parses it, decodes and hashes the image, re-tokenizes the text, and the answer crosses two processes "
+              "and a socket.", END, ""]
     return "\n".join(lines)
 
 
@@ -215,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     bundle = args.model or _bench_bundle(args.quick)
     from llava_local.manifest import load_manifest
 
-    size = load_manifest(bundle).preprocess.size
+    manifest = load_manifest(bundle)
+    size = manifest.preprocess.size
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         server = Server(bundle, args.threads, Path(tmp) / "server-home")
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             server.close()
     same = all((a[k]["text"], a[k]["tokens"]) == (b[k]["text"], b[k]["tokens"])
                for a, b in zip(runs_ip, runs_sv) for k in ("first", "follow_up"))
-    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": f"{bundle.name} ({_shown(bundle)})",
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": f"{manifest.name} ({_shown(bundle)}, {manifest.llm.default}, vision {manifest.vision.default})",
            "repeats": args.repeats, "threads": args.threads, "tokens": args.tokens,
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                       f"Python {platform.python_version()}",
