@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             server.close()
     same = all((a[k]["text"], a[k]["tokens"]) == (b[k]["text"], b[k]["tokens"])
                for a, b in zip(runs_ip, runs_sv) for k in ("first", "follow_up"))
-    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": f"{manifest.name} ({_shown(bundle)}, {manifest.llm.default}, vision {manifest.vision.default})",
+    shown = f"{manifest.name} ({_shown(bundle)}, {manifest.llm.default}, vision {manifest.vision.default})"
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": shown,
            "repeats": args.repeats, "threads": args.threads, "tokens": args.tokens,
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                       f"Python {platform.python_version()}",
