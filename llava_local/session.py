@@ -241,8 +241,10 @@ class ChatSession:
         self._embs, self.turns, self.image_ids = embs, turns, ids
         yield from self._answer(cancel, t0, self.generation.seed)
 
-    def _prefill(self, items: list[Any]) -> tuple[int, int]:
-        """Make the KV cache hold `items`; returns (n_new, n_reused). Logits are ready for the last item."""
+    def _prefill(self, items: list[Any], cancel: threading.Event | None = None) -> tuple[int, int]:
+        """Make the KV cache hold `items`; returns (n_new, n_reused). Logits are ready for the last item, unless
+        `cancel` was set: then it stops between two llama_decode calls (n_batch entries each) and the KV cache
+        holds a prefix of `items` (`Model.kv` says which), which the next prefill reuses."""
         m, eng = self.model, self.model.engine
         m.claim(self)
         keep = min(_common_prefix(m.kv, items), len(items) - 1)  # re-decode at least the last item for its logits
@@ -251,14 +253,17 @@ class ChatSession:
         i = keep
         try:
             while i < len(items):
+                if cancel is not None and cancel.is_set():
+                    break
                 j = i + 1
+                end = min(len(items), i + eng.n_batch)  # one llama_decode per chunk: a cancel is seen in between
                 if isinstance(items[i], int):
-                    while j < len(items) and isinstance(items[j], int):
+                    while j < end and isinstance(items[j], int):
                         j += 1
                     eng.decode_tokens(items[i:j], logits=j == len(items))
                 else:
                     image_id, r0 = items[i]
-                    while j < len(items) and isinstance(items[j], tuple) and items[j][0] == image_id:
+                    while j < end and isinstance(items[j], tuple) and items[j][0] == image_id:
                         j += 1
                     eng.decode_embeddings(self._embs[image_id][r0:r0 + (j - i)], logits=j == len(items))
                 m.kv.extend(items[i:j])
@@ -266,14 +271,14 @@ class ChatSession:
         except BaseException:
             eng.trim(len(m.kv))  # keep the bookkeeping and the KV cache in step
             raise
-        return len(items) - keep, keep
+        return i - keep, keep
 
     def _answer(self, cancel: threading.Event | None, t0: float, seed: int, drop_on_error: bool = True
                 ) -> Iterator[Event]:
         m, eng, gen = self.model, self.model.engine, self.generation
         try:
             items = self._items(self.turns, self.image_ids)
-            n_new, n_reused = self._prefill(items)
+            n_new, n_reused = self._prefill(items, cancel)
         except BaseException:
             if drop_on_error:
                 self._drop_open_turn()

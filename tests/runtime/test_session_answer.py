@@ -93,3 +93,34 @@ def test_frequency_and_presence_penalties_change_greedy_answers(rt_model):
     assert answer(presence_penalty=2.0) != plain
     with pytest.raises(UsageError):
         GenerationConfig(frequency_penalty=2.5)
+
+
+class _SetAfter:
+    """A cancel flag that reads as set from its (n+1)-th check on: a client leaving in the middle of a prefill."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def is_set(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+def test_cancel_stops_a_long_prefill_between_chunks(rt_bundle):
+    from llava_local import RuntimeConfig, open_model
+
+    with open_model(rt_bundle, RuntimeConfig(device="cpu", n_threads=1, n_ctx=2048)) as m:
+        long = [Turn("user", "the " * 900)]
+        s = ChatSession(m, GREEDY)
+        rows = m.engine.rows_decoded
+        ev, fin = _run(s.answer(long, cancel=_SetAfter(1)))  # one llama_decode call, then the client is gone
+        pp = next(e for e in ev if isinstance(e, PromptProcessed))
+        assert fin.stop_reason == "cancelled" and fin.n_generated == 0
+        assert pp.n_new == m.engine.n_batch == m.engine.rows_decoded - rows < fin.n_prompt_tokens
+        assert len(m.kv) == m.engine.n_past == m.engine.n_batch  # the bookkeeping matches the KV cache
+
+        # the same question again: the decoded part is reused, and the answer is the one a fresh run gives
+        ev, again = _run(s.answer(long))
+        assert next(e for e in ev if isinstance(e, PromptProcessed)).n_reused == m.engine.n_batch
+        s.clear()
+        assert again.text == _run(ChatSession(m, GREEDY).answer(long))[1].text
