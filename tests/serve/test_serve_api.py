@@ -139,3 +139,12 @@ def test_two_clients_at_once(demo_server, demo_reference):
     for t in threads:
         t.join(120)
     assert results == {"long": long_expected, "short": short_expected}
+
+
+def test_stop_strings_end_the_answer(demo_server, demo_reference):
+    (full,) = demo_reference([DESCRIPTION.prompt], DESCRIPTION.png)
+    assert ":" in full
+    r = demo_server.client().chat.completions.create(model="m", messages=[_ask(DESCRIPTION.prompt, DESCRIPTION.png)],
+                                                     stop=[":", "never"], **GREEDY)
+    assert r.choices[0].message.content == full[:full.index(":")] and r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens < len(full.split())  # generation stopped there, not just the text
