@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+import llava_local  # noqa: F401  (sets ORT_DISABLE_TELEMETRY before any test imports onnxruntime)
+
 
 @pytest.fixture(autouse=True)
 def llava_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
