@@ -55,6 +55,8 @@ MAX_PIXELS = 8192 * 8192
 MAX_SIDE = 32768
 # Modes holding more than 8 bits per sample: Pillow's convert("RGB") clips them at 255 instead of scaling.
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Pixels per block of rows in the pad geometry's horizontal pass (3 MB of RGB).
+_BLOCK_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -117,11 +119,11 @@ def _open_bounded(fp: io.BytesIO | Path, name: str) -> Image.Image:
 
 def load_image(source: str | Path | bytes | Image.Image) -> Image.Image:
     """Open an image from a path or bytes (within MAX_SIDE/MAX_PIXELS), apply EXIF orientation, convert to RGB."""
+    name = "<image>" if isinstance(source, Image.Image) else "<bytes>" if isinstance(source, bytes) else str(source)
     if isinstance(source, Image.Image):
         img = source
-        _check_size(img.width, img.height, "<image>")
+        _check_size(img.width, img.height, name)
     else:
-        name = "<bytes>" if isinstance(source, bytes) else str(source)
         try:
             fp = io.BytesIO(source) if isinstance(source, bytes) else Path(source).expanduser()
             if not isinstance(fp, io.BytesIO) and not fp.is_file():
@@ -137,7 +139,10 @@ def load_image(source: str | Path | bytes | Image.Image) -> Image.Image:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a malformed EXIF block must not make the picture unreadable: keep it unrotated
         pass
-    return to_rgb(img)
+    try:
+        return to_rgb(img)
+    except (ValueError, OSError) as e:  # a pixel format Pillow decodes but cannot convert, or data cut short
+        raise ImageError(f"unsupported image ({img.mode} pixels, {e.__class__.__name__}): {name}") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -172,7 +177,8 @@ def _pad_square(img: Image.Image, size: int, fill: tuple[int, int, int], resampl
     Canvas C (side × side) holds the image at (ox, oy). Pillow's resize of C is H (width side → size, rounded to
     8 bits) then V (height side → size). H of a fill row is fill, so H(C) is a size × side fill canvas with H of
     the image's rows pasted at oy; H of those rows only differs from fill in the columns whose window reaches the
-    image, computed on a strip of C's columns. V then runs on H(C): size × side pixels."""
+    image, computed on a strip of C's columns. V then runs on H(C): size × side pixels. Peak: the image, H(C)
+    and one block of the strip (_BLOCK_PIXELS)."""
     w, h = img.size
     side = max(w, h)
     if side == size and w == h:
@@ -180,14 +186,19 @@ def _pad_square(img: Image.Image, size: int, fill: tuple[int, int, int], resampl
     method, scale = RESAMPLING[resample], side / size
     ox, oy = (side - w) // 2, (side - h) // 2
     o0, o1, s0, s1 = _touched(size, scale, _SUPPORT[resample], ox, ox + w, side)
-    strip = Image.new("RGB", (s1 - s0, h), fill)  # C's rows oy..oy+h, columns s0..s1: the image and fill beside it
-    strip.paste(img, (ox - s0, 0))
     hpass = Image.new("RGB", (size, side), fill)
-    if size != side:
-        rows = strip.resize((o1 - o0, h), method, box=(o0 * scale - s0, 0, o1 * scale - s0, h))
-    else:
-        rows = strip.crop((o0 - s0, 0, o1 - s0, h))
-    hpass.paste(rows, (o0, oy))
+    # The horizontal pass is row by row, so it runs on blocks of rows: a strip of C (the image and the fill
+    # beside it, columns s0..s1) is never more than _BLOCK_PIXELS, even for a 1-pixel-wide, 32768-tall image.
+    step = max(1, _BLOCK_PIXELS // (s1 - s0))
+    for y in range(0, h, step):
+        rows = min(step, h - y)
+        strip = Image.new("RGB", (s1 - s0, rows), fill)
+        strip.paste(img.crop((0, y, w, y + rows)), (ox - s0, 0))
+        if size != side:
+            strip = strip.resize((o1 - o0, rows), method, box=(o0 * scale - s0, 0, o1 * scale - s0, rows))
+        else:
+            strip = strip.crop((o0 - s0, 0, o1 - s0, rows))
+        hpass.paste(strip, (o0, oy + y))
     return hpass if side == size else hpass.resize((size, size), method)
 
 
@@ -211,15 +222,16 @@ def _resize_crop(img: Image.Image, size: int, resample: str) -> Image.Image:
     if new_w * new_h <= 4 * size * size:  # ordinary aspect ratios: resize all, then crop (as CLIP does)
         return img.resize((new_w, new_h), method).crop((left, top, left + size, top + size))
     sx, sy = w / new_w, h / new_h
-    support = _SUPPORT[resample]
-    reach = support * max(sy, 1.0) + 2
-    r0 = max(0, math.floor(top * sy - reach) - 1)
-    r1 = min(h, math.ceil((top + size) * sy + reach) + 1)
-    rows = img.crop((0, r0, w, r1))
+    # The source window (plus each filter's reach) around the crop: small box offsets keep Pillow's float32 box
+    # coordinates exact enough, and nothing outside the window is touched.
+    reach_x, reach_y = (_SUPPORT[resample] * max(k, 1.0) + 2 for k in (sx, sy))
+    c0, c1 = max(0, math.floor(left * sx - reach_x) - 1), min(w, math.ceil((left + size) * sx + reach_x) + 1)
+    r0, r1 = max(0, math.floor(top * sy - reach_y) - 1), min(h, math.ceil((top + size) * sy + reach_y) + 1)
+    rows = img.crop((c0, r0, c1, r1))
     if new_w != w:
-        rows = rows.resize((size, r1 - r0), method, box=(left * sx, 0, (left + size) * sx, r1 - r0))
+        rows = rows.resize((size, r1 - r0), method, box=(left * sx - c0, 0, (left + size) * sx - c0, r1 - r0))
     else:
-        rows = rows.crop((left, 0, left + size, r1 - r0))
+        rows = rows.crop((left - c0, 0, left - c0 + size, r1 - r0))
     if new_h == h:
         return rows.crop((0, top - r0, size, top - r0 + size))
     return rows.resize((size, size), method, box=(0, top * sy - r0, size, (top + size) * sy - r0))
