@@ -131,8 +131,10 @@ def load_image(source: str | Path | bytes | Image.Image) -> Image.Image:
             img = _open_bounded(fp, name)
         except ImageError:
             raise
-        except Image.DecompressionBombError:
-            raise ImageError(f"image too large: {name}") from None
+        except Image.DecompressionBombError:  # Pillow's own check in Image.open, for claims past 2 × its limit
+            claimed = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+            raise ImageError(f"image too large (its header claims more than {claimed:.0f} MP; the limit is "
+                             f"{MAX_PIXELS / 1e6:.0f} MP): {name}") from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
             raise ImageError(f"not a readable image: {name} ({e.__class__.__name__})") from None
     try:
