@@ -20,7 +20,7 @@ VALID = {
     "vision": {"files": {"fp32": "vision.onnx"}, "default": "fp32", "tokens_per_image": 16, "embed_dim": 64,
                "input_name": "pixel_values", "output_name": "image_embeds"},
     "llm": {"files": {"f32": "llm-f32.gguf"}, "default": "f32", "context_length": 512},
-    "template": "vicuna_v1", "system_prompt": None, "stop_strings": ["</s>"],
+    "template": "vicuna_v1", "system_prompt": None, "stop_strings": ["</s>"], "suggested_prompts": ["What is it?"],
     "files": {"vision.onnx": {"sha256": "0" * 64, "size": 3}, "llm-f32.gguf": {"sha256": "1" * 64, "size": 5}},
     "provenance": {}, "parity": {},
 }
