@@ -13,11 +13,12 @@ Both then scale by 1/255 and normalize with mean/std per channel.
 Bounded memory (docs/reliability.md): `load_image` refuses, from the header alone and before decoding, any
 image with a side over `MAX_SIDE` or more than `MAX_PIXELS` pixels (a JPEG over the pixel limit is decoded at
 1/2, 1/4 or 1/8 scale with `draft()` instead, when that brings it under). The geometry never materialises the
-max(W, H)² canvas or a shortest-edge-resized panorama: Pillow resamples separably (a horizontal pass, rounded to
-8 bits, then a vertical one), so `to_pixels` runs the same two passes itself, on the part of the canvas whose
-output is not plain fill colour, with Pillow's `box` selecting the source region. The output equals the
-canvas-then-resize pipeline pixel for pixel (tests/runtime/test_preprocess_bounded.py compares them) while the
-peak memory is the decoded image plus O(S × max(W, H)) bytes, whatever the aspect ratio.
+max(W, H)² canvas or a shortest-edge-resized panorama: Pillow's resampling is separable (one axis at a time, 8 bits
+in between), so `to_pixels` runs the two one-axis passes itself on the part of the canvas whose output is not plain
+fill colour (pad) or on the window the centre crop reads (crop), with Pillow's `box` selecting the source region.
+Peak memory is the decoded image plus S × max(W, H) pixels plus one 1 MP block, whatever the aspect ratio; the
+output equals the canvas pipeline within 1 level of 255 in pad mode, exactly in crop mode up to 4:1 and within a
+few levels past it (measured in docs/reliability.md, tested in tests/runtime/test_reliability.py).
 """
 
 from __future__ import annotations
@@ -176,11 +177,11 @@ def _touched(n_out: int, scale: float, support: float, lo: int, hi: int, n_in: i
 def _pad_square(img: Image.Image, size: int, fill: tuple[int, int, int], resample: str) -> Image.Image:
     """expand2square(img, fill) resized to size × size, without building the max(W, H)² canvas.
 
-    Canvas C (side × side) holds the image at (ox, oy). Pillow's resize of C is H (width side → size, rounded to
-    8 bits) then V (height side → size). H of a fill row is fill, so H(C) is a size × side fill canvas with H of
-    the image's rows pasted at oy; H of those rows only differs from fill in the columns whose window reaches the
-    image, computed on a strip of C's columns. V then runs on H(C): size × side pixels. Peak: the image, H(C)
-    and one block of the strip (_BLOCK_PIXELS)."""
+    Canvas C (side × side) holds the image at (ox, oy). Resizing C is, up to the 8-bit rounding between the two
+    passes, H (width side → size) then V (height side → size). H of a fill row is fill, so H(C) is a size × side
+    fill canvas with H of the image's rows pasted at oy; H of those rows only differs from fill in the columns
+    whose window reaches the image, computed on a strip of C's columns. V then runs on H(C): size × side pixels.
+    Peak: the image, H(C) and one block of the strip (_BLOCK_PIXELS)."""
     w, h = img.size
     side = max(w, h)
     if side == size and w == h:
