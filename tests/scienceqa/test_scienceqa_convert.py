@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llava_local.cli import main
-from training.scienceqa.prompts import FORMATS, render, question_prompt
+from training.scienceqa.prompts import FORMATS, question_prompt, render
 from training.scienceqa.release import load_release
 
 

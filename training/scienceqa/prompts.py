@@ -8,8 +8,8 @@ Contract:
   their own lines" (`LEPA`, LLaVA's converter default).
 - `render(problem, fmt)` → (human text, gpt text) exactly as haotian-liu/LLaVA's converter builds them: the
   context is the hint ("N/A" when empty), choices read "(A) x (B) y", double spaces collapse to one, an empty
-  trailing `BECAUSE:` is dropped, a leading "Question: " (input) and "Answer: " (output) are removed (and, unlike upstream, the space an empty
-  lecture and solution leave before "The answer is").
+  trailing `BECAUSE:` is dropped, a leading "Question: " (input) and "Answer: " (output) are removed (and, unlike
+  upstream, the space an empty lecture and solution leave before "The answer is").
 - `question_prompt(problem, fmt="CQM-A")` → the single-prediction question of LLaVA's ScienceQA evaluation: the
   format's input followed by `SINGLE_PRED_PROMPT` on its own line (no `<image>` mark; the caller passes the
   image). Used by `eval scienceqa` and written as the human turn of an eval JSON.
