@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .backends import Backend
     from .records import ImageRecord
 
-HELP = "make visual-instruction data: pretrain captions, generate, synthetic world"
+HELP = "make visual-instruction data: pretrain captions, generate, synthetic world, ScienceQA"
 BACKENDS = ("llama", "openai", "teacher")
 
 
