@@ -61,3 +61,15 @@ def test_table_matches_hand_count(sqa_release, tmp_path, capsys, split):
     assert len({v for v in expected.values()}) > 3  # the columns really differ
     unreadable = sum(1 for t, _ in answers.values() if t in ("I am not sure.", "The answer is F."))  # F: no such option
     assert f"LLaVA {unreadable}" in next(ln for ln in out if ln.startswith("unreadable"))
+
+
+def test_answers_to_another_prompt_are_not_mixed_in(sqa_release, tmp_path, capsys):
+    root, _ = sqa_release
+    pred = tmp_path / "pred.jsonl"
+    meta = {"kind": "meta", "suite": "scienceqa", "split": "test", **bundle_identity(BUNDLE, None),
+            "prompt": "CQM-A", "instruction": "Answer with the option's letter from the given choices directly."}
+    pred.write_text(json.dumps(meta) + "\n")
+    rc = main(["eval", "scienceqa", str(BUNDLE), "--base-dir", str(root), "-o", str(pred), "--quiet",
+               "--prompt-format", "QCM-LEA", "--no-instruction"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "another prompt" in err and "\n" not in err

@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
     parser.add_argument("--quant", default=None, help="which GGUF of the bundle (default: the manifest's)")
     parser.add_argument("--max-tokens", type=int, default=128, help="answer length limit (default 128)")
+    parser.add_argument("--prompt-format", default="CQM-A", metavar="FMT",
+                        help="the question's layout: the input part of a format (default CQM-A, LLaVA-1.5's; QCM-LEA "
+                             "asks as the paper's fine-tuning data did)")
+    parser.add_argument("--no-instruction", action="store_true",
+                        help="leave out \"Answer with the option's letter ...\" (for a model fine-tuned to explain, "
+                             "then say \"The answer is X.\")")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     j = parser.add_argument_group("judge (the paper's text-only GPT-4 ensemble, with any LLM)")
@@ -91,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be a positive number of questions")
     if args.max_tokens < 1:
         raise UsageError("--max-tokens must be >= 1")
+    from .prompts import SINGLE_PRED_PROMPT, parse_format
+
+    parse_format(args.prompt_format)
     release = load_release(args.base_dir)
     release.problems_of(args.split)  # an unknown split fails before a model loads
     out = args.output or Path(f"scienceqa-{args.split}-{Path(str(args.bundle)).name}.jsonl")
@@ -107,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         problems, meta, records = evaluate.run(
             release, args.split, args.bundle, out, limit=args.limit, judge=judge, judge_id=judge_id,
             device=args.device, threads=args.threads, quant=args.quant, max_tokens=args.max_tokens,
-            restart=args.restart, progress=progress)
+            restart=args.restart, fmt=args.prompt_format,
+            instruction=None if args.no_instruction else SINGLE_PRED_PROMPT, progress=progress)
     finally:
         if backend is not None:
             backend.close()

@@ -3,7 +3,8 @@
 Contract:
 - `run(release, split, model, out, ...)` asks each problem of the split (the first `limit`) through the runtime
   (`llava_local.open_model` + `ChatSession`, greedy, one fresh conversation per question, the image when the
-  problem has one) with the single-prediction prompt (`prompts.question_prompt`), and appends one JSON line per
+  problem has one) with the single-prediction prompt (`prompts.question_prompt`; `fmt` and `instruction` choose
+  another input layout or leave the instruction out), and appends one JSON line per
   finished question to `out`; with a `judge` it also asks the judge (see `judge`) before writing the line.
 - The predictions file (JSONL): a first `{"kind": "meta", ...}` line naming the bundle (its path, the sha256 of
   its manifest.json, the quant used), the split and the prompt; then `{"kind": "answer", "question_id",
@@ -11,7 +12,7 @@ Contract:
   `<image>` for image questions, and `text` as in upstream's answers file). A later line for the same question
   replaces an earlier one. Rerunning the same command reads the file and asks only what is missing: questions
   with no line, and — with `--judge` — lines without a judge record from this judge. A file made with another
-  bundle (other manifest hash or quant) is refused unless `restart`.
+  bundle (other manifest hash or quant) or another prompt is refused unless `restart`.
 - A question that does not fit the model's context is recorded with an empty answer and `"error"`, scored by
   the fallback like any unreadable answer, and counted.
 - `scores(problems, records, fallback)` → {system: `score.Tally`} for the systems the records hold.
@@ -99,8 +100,9 @@ def _needs(p: Problem, records: dict[str, dict[str, Any]], judge_id: str | None)
 
 def run(release: Release, split: str, model: str | Path | None, out: Path, *, limit: int | None = None,
         judge: Judge | None = None, judge_id: str | None = None, device: str = "cpu", threads: int | None = None,
-        quant: str | None = None, max_tokens: int = 128, restart: bool = False,
-        progress: Progress | None = None) -> tuple[list[Problem], dict[str, Any], dict[str, dict[str, Any]]]:
+        quant: str | None = None, max_tokens: int = 128, restart: bool = False, fmt: str = EVAL_FORMAT,
+        instruction: str | None = SINGLE_PRED_PROMPT, progress: Progress | None = None
+        ) -> tuple[list[Problem], dict[str, Any], dict[str, dict[str, Any]]]:
     """Ask what is missing; returns (problems, meta, question id → record)."""
     problems = release.problems_of(split)[:limit] if limit else release.problems_of(split)
     ident = bundle_identity(model, quant)
@@ -111,17 +113,21 @@ def run(release: Release, split: str, model: str | Path | None, out: Path, *, li
                              f"{meta.get('quant')}); pass another -o, or --restart to start over")
     if meta is not None and meta.get("split") != split:
         raise ScienceQAError(f"{out} holds answers for split {meta.get('split')!r}, not {split!r}; pass another -o")
+    if meta is not None and (meta.get("prompt", EVAL_FORMAT), meta.get("instruction", SINGLE_PRED_PROMPT)) != (
+            fmt, instruction):
+        raise ScienceQAError(f"{out} holds answers to another prompt ({meta.get('prompt')}, instruction "
+                             f"{meta.get('instruction')!r}); pass another -o, or --restart to start over")
     todo = [(p, *_needs(p, records, judge_id)) for p in problems]
     todo = [(p, a, j) for p, a, j in todo if a or j]
     writer = _Appender(out, fresh=restart or meta is None)
     if restart or meta is None:
-        meta = {"kind": "meta", "suite": "scienceqa", "split": split, **ident, "prompt": EVAL_FORMAT,
-                "instruction": SINGLE_PRED_PROMPT, "decoding": "greedy", "max_tokens": max_tokens}
+        meta = {"kind": "meta", "suite": "scienceqa", "split": split, **ident, "prompt": fmt,
+                "instruction": instruction, "decoding": "greedy", "max_tokens": max_tokens}
         writer.write(meta)
     try:
         if todo:
             _ask_all(release, todo, records, writer, judge, judge_id, model, device, threads, quant, max_tokens,
-                     progress, len(problems))
+                     progress, len(problems), lambda p: question_prompt(p, fmt, instruction))
     finally:
         writer.close()
     return problems, meta, records
@@ -129,7 +135,8 @@ def run(release: Release, split: str, model: str | Path | None, out: Path, *, li
 
 def _ask_all(release: Release, todo: list[tuple[Problem, bool, bool]], records: dict[str, dict[str, Any]],
              writer: _Appender, judge: Judge | None, judge_id: str | None, model: str | Path | None, device: str,
-             threads: int | None, quant: str | None, max_tokens: int, progress: Progress | None, total: int) -> None:
+             threads: int | None, quant: str | None, max_tokens: int, progress: Progress | None, total: int,
+             ask: Callable[[Problem], str]) -> None:
     import contextlib
 
     from llava_local.errors import ContextOverflow
@@ -150,9 +157,9 @@ def _ask_all(release: Release, todo: list[tuple[Problem, bool, bool]], records: 
             rec = dict(records.get(p.pid) or {})
             if ask_llava:
                 assert session is not None
-                text, error = _ask_one(session, release, p, ContextOverflow)
+                prompt = ask(p)
+                text, error = _ask_one(session, release, p, prompt, ContextOverflow)
                 img = image_path(release.base_dir, p)
-                prompt = question_prompt(p)
                 rec = {"kind": "answer", "question_id": p.pid,
                        "prompt": f"<image>\n{prompt}" if img is not None else prompt, "text": text}
                 if error:
@@ -169,7 +176,8 @@ def _ask_all(release: Release, todo: list[tuple[Problem, bool, bool]], records: 
                 progress(done0 + k + 1, total, f"{rate * 60:.1f}/min, ~{left:.0f}s left")
 
 
-def _ask_one(session: Any, release: Release, p: Problem, overflow: type[Exception]) -> tuple[str, str | None]:
+def _ask_one(session: Any, release: Release, p: Problem, prompt: str, overflow: type[Exception]
+             ) -> tuple[str, str | None]:
     from llava_local.events import Finished
 
     img = image_path(release.base_dir, p)
@@ -178,7 +186,7 @@ def _ask_one(session: Any, release: Release, p: Problem, overflow: type[Exceptio
     session.clear()
     text = ""
     try:
-        for ev in session.ask(question_prompt(p), images=[img] if img is not None else []):
+        for ev in session.ask(prompt, images=[img] if img is not None else []):
             if isinstance(ev, Finished):
                 text = ev.text
     except overflow as e:

@@ -12,7 +12,7 @@ Contract:
   upstream, the space an empty lecture and solution leave before "The answer is").
 - `question_prompt(problem, fmt="CQM-A")` → the single-prediction question of LLaVA's ScienceQA evaluation: the
   format's input followed by `SINGLE_PRED_PROMPT` on its own line (no `<image>` mark; the caller passes the
-  image). Used by `eval scienceqa` and written as the human turn of an eval JSON.
+  image); `instruction=None` leaves the instruction out. Used by `eval scienceqa`.
 
 Why the odd pairs: upstream's `AL` puts the *solution* after the answer and `AE` the *lecture*; we keep their
 meaning so a format name means the same thing here and in papers that used upstream's converter.
@@ -99,6 +99,9 @@ def render(problem: Problem, fmt: str) -> tuple[str, str]:
     return human, gpt.strip()
 
 
-def question_prompt(problem: Problem, fmt: str = EVAL_FORMAT) -> str:
-    """The single-prediction evaluation question (the image, if any, goes with it separately)."""
-    return render(problem, fmt)[0] + "\n" + SINGLE_PRED_PROMPT
+def question_prompt(problem: Problem, fmt: str = EVAL_FORMAT, instruction: str | None = SINGLE_PRED_PROMPT) -> str:
+    """The evaluation question (the image, if any, goes with it separately): the format's input, then the
+    single-prediction instruction unless `instruction` is None (the paper's first evaluation asked QCM questions
+    of a QCM-LEA model with no instruction and read "The answer is X." from its explanation)."""
+    text = render(problem, fmt)[0]
+    return text if instruction is None else text + "\n" + instruction
