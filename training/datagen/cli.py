@@ -45,7 +45,7 @@ def _mix(text: str) -> dict[str, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the pretrain/generate/synth subcommands."""
+    """Add the pretrain/generate/synth subcommands, and scienceqa/synth-scienceqa (`training.scienceqa.data_cli`)."""
     sub = parser.add_subparsers(dest="data_command", metavar="{pretrain,generate,synth,scienceqa,synth-scienceqa}")
 
     p = sub.add_parser("pretrain", help="image–caption pairs → stage-1 LLaVA JSON")
