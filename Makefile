@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_DEV)
-	$(PIP) install -q -e '.[convert,train,dev]'
+	$(PIP) install -q -e '.[convert,train,serve,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -68,6 +68,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+	$(PY) -m bench.serve   # its own section at the end of docs/benchmarks.md
 
 bench-data: $(STAMP)
 	$(PY) -m training.datagen.bench --n 10000 -o bench-out/shapes
