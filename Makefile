@@ -14,13 +14,13 @@ TORCH_DEV := torch==2.13.0
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 IMAGE ?= examples/shapes.png
 
-.PHONY: install chat test lint bench bench-data demo-model train-tiny data-demo sysdeps clean
+.PHONY: install chat test fuzz lint bench bench-data demo-model train-tiny data-demo sysdeps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_DEV)
-	$(PIP) install -q -e '.[convert,train,dev]'
+	$(PIP) install -q -e '.[convert,train,serve,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -58,11 +58,17 @@ data-demo: $(STAMP)
 test: $(STAMP) sysdeps
 	$(PY) -m pytest -q
 
+# The property-based tests (tests/fuzz) with 1,000 examples each instead of make test's 30 (docs/reliability.md);
+# failures found are kept in .hypothesis/ and replayed first on the next run.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz LLAVA_LOCAL_THREADS=1 $(PY) -m pytest -q tests/fuzz
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	$(PY) -m bench
+	$(PY) -m bench.serve   # its own section at the end of docs/benchmarks.md
 
 bench-data: $(STAMP)
 	$(PY) -m training.datagen.bench --n 10000 -o bench-out/shapes

@@ -30,6 +30,11 @@ class GenerationConfig:
     repeat_last_n: int = 64
     max_tokens: int = 512
     seed: int = 0
+    # OpenAI-style penalties (llama.cpp's penalties sampler) over the last repeat_last_n tokens of the answer (and of
+    # the prompt when repeat_penalty is on): a token's logit drops by frequency_penalty per earlier occurrence and by
+    # presence_penalty once if it occurred at all.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -50,6 +55,9 @@ class GenerationConfig:
             raise UsageError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         if self.repeat_penalty <= 0:
             raise UsageError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise UsageError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
         if self.max_tokens <= 0:
             raise UsageError(f"max_tokens must be > 0, got {self.max_tokens}")
 

@@ -1,7 +1,8 @@
 """Chat sessions: the conversation, the KV cache that mirrors it, and the generation loop.
 
 Contract (docs/session-api.md): `ChatSession(model).ask(text, images, cancel)` yields events and appends the user
-and assistant turns; `regenerate`, `clear`, `restore`.
+and assistant turns; `answer(turns, images, cancel)` answers a whole conversation given at once (a server's
+request); `regenerate`, `clear`, `restore`.
 
 How "a follow-up reuses the KV cache" and "the answer equals a fresh run" are both true: every ask renders the
 whole conversation with the bundle's template and tokenizes it the way training did (text between images
@@ -38,24 +39,31 @@ from .textstream import TextStream
 ImageSource = str | os.PathLike[str] | bytes
 
 
-def _read_image(source: ImageSource, model: Model) -> tuple[str, npt.NDArray[np.float32]]:
-    """(image_id, pixels[1,3,S,S]) or ImageError naming the file."""
+def _read_bytes(source: ImageSource) -> tuple[bytes, str]:
+    """(file bytes, name for messages) or ImageError naming the file."""
     if isinstance(source, bytes):
-        data, name = source, "<bytes>"
-    else:
-        path = Path(source).expanduser()
-        name = str(source)
-        if not path.is_file():
-            raise ImageError(f"image not found: {name}" if not path.exists() else f"not a file: {name}")
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ImageError(f"cannot read image {name}: {e.strerror}") from None
+        return source, "<bytes>"
+    path = Path(source).expanduser()
+    name = str(source)
+    if not path.is_file():
+        raise ImageError(f"image not found: {name}" if not path.exists() else f"not a file: {name}")
     try:
-        pixels = preprocess(data, model.manifest.preprocess)
+        return path.read_bytes(), name
+    except OSError as e:
+        raise ImageError(f"cannot read image {name}: {e.strerror}") from None
+
+
+def _pixels(data: bytes, name: str, model: Model) -> npt.NDArray[np.float32]:
+    try:
+        return preprocess(data, model.manifest.preprocess)
     except ImageError as e:
         raise ImageError(str(e).replace("<bytes>", name)) from None
-    return image_id_of(data), pixels
+
+
+def _read_image(source: ImageSource, model: Model) -> tuple[str, npt.NDArray[np.float32]]:
+    """(image_id, pixels[1,3,S,S]) or ImageError naming the file."""
+    data, name = _read_bytes(source)
+    return image_id_of(data), _pixels(data, name, model)
 
 
 def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
@@ -73,6 +81,7 @@ class ChatSession:
         self.model = model
         self.generation = generation or GenerationConfig()
         self.system = system
+        self.stop: tuple[str, ...] = ()  # extra stop strings, on top of the model's; assignable
         self.turns: list[Turn] = []
         self.image_ids: list[str] = []
         self._embs: dict[str, npt.NDArray[np.float32]] = {}  # this conversation's images (survives cache eviction)
@@ -100,6 +109,38 @@ class ChatSession:
         ids = [*self.image_ids, *(i for i, _ in loaded)]
         self._tokens_needed(turns, ids)  # ContextOverflow before any state change
         return self._ask(turns, ids, loaded, cancel)
+
+    def answer(self, turns: Sequence[Turn], images: Sequence[ImageSource] = (),
+               cancel: threading.Event | None = None) -> Iterator[Event]:
+        """Answer a whole conversation given at once (what an OpenAI-style client sends every turn): `turns`
+        alternate user/assistant and end with a question; `images` are all of its images, in order. The session's
+        conversation becomes `turns` plus the answer. The KV cache keeps its longest common prefix with the new
+        conversation (so a resent history costs only its new tokens), and an image this session already holds or
+        the embedding cache knows (by content hash) is neither preprocessed nor encoded again. Validates now, like
+        `ask`; the iterator yields `ImageEncoded` for each image new to this session, then what `ask` yields."""
+        turns = list(turns)
+        _check_turns(turns)
+        if turns[-1].role != "user":
+            raise UsageError("the conversation must end with a question (a user turn)")
+        if sum(t.n_images for t in turns) != len(images):
+            raise UsageError(f"the turns hold {sum(t.n_images for t in turns)} images but {len(images)} were given")
+        known: dict[str, npt.NDArray[np.float32] | None] = {}  # image_id -> embedding, None: encode it
+        pending: dict[str, npt.NDArray[np.float32]] = {}  # image_id -> pixels of images still to encode
+        ids: list[str] = []
+        for src in images:
+            data, name = _read_bytes(src)
+            image_id = image_id_of(data)
+            ids.append(image_id)
+            if image_id in known or image_id in pending:
+                continue
+            emb = self._embs.get(image_id)
+            if emb is None:
+                emb = self.model.cache.get(image_id)
+                if emb is None:
+                    pending[image_id] = _pixels(data, name, self.model)  # ImageError before any state change
+            known[image_id] = emb
+        self._tokens_needed(turns, ids)  # ContextOverflow before any state change
+        return self._answer_all(turns, ids, known, pending, cancel)
 
     def regenerate(self, cancel: threading.Event | None = None) -> Iterator[Event]:
         """Drop the last answer and answer the last question again (a new sample unless greedy)."""
@@ -185,8 +226,25 @@ class ChatSession:
         self.turns, self.image_ids = turns, ids
         yield from self._answer(cancel, t0, self.generation.seed)
 
-    def _prefill(self, items: list[Any]) -> tuple[int, int]:
-        """Make the KV cache hold `items`; returns (n_new, n_reused). Logits are ready for the last item."""
+    def _answer_all(self, turns: list[Turn], ids: list[str], known: dict[str, npt.NDArray[np.float32] | None],
+                    pending: dict[str, npt.NDArray[np.float32]], cancel: threading.Event | None) -> Iterator[Event]:
+        t0 = time.perf_counter()
+        embs: dict[str, npt.NDArray[np.float32]] = {}
+        for image_id, emb in known.items():
+            if emb is None:
+                emb, cached, secs = self.model.embed(image_id, pending[image_id])
+                yield ImageEncoded(image_id, cached=cached, seconds=secs)
+            elif image_id not in self._embs:
+                yield ImageEncoded(image_id, cached=True, seconds=0.0)
+            embs[image_id] = emb
+        # Only this conversation's images are kept: a long-running session does not grow with every image it saw.
+        self._embs, self.turns, self.image_ids = embs, turns, ids
+        yield from self._answer(cancel, t0, self.generation.seed)
+
+    def _prefill(self, items: list[Any], cancel: threading.Event | None = None) -> tuple[int, int]:
+        """Make the KV cache hold `items`; returns (n_new, n_reused). Logits are ready for the last item, unless
+        `cancel` was set: then it stops between two llama_decode calls (n_batch entries each) and the KV cache
+        holds a prefix of `items` (`Model.kv` says which), which the next prefill reuses."""
         m, eng = self.model, self.model.engine
         m.claim(self)
         keep = min(_common_prefix(m.kv, items), len(items) - 1)  # re-decode at least the last item for its logits
@@ -195,14 +253,17 @@ class ChatSession:
         i = keep
         try:
             while i < len(items):
+                if cancel is not None and cancel.is_set():
+                    break
                 j = i + 1
+                end = min(len(items), i + eng.n_batch)  # one llama_decode per chunk: a cancel is seen in between
                 if isinstance(items[i], int):
-                    while j < len(items) and isinstance(items[j], int):
+                    while j < end and isinstance(items[j], int):
                         j += 1
                     eng.decode_tokens(items[i:j], logits=j == len(items))
                 else:
                     image_id, r0 = items[i]
-                    while j < len(items) and isinstance(items[j], tuple) and items[j][0] == image_id:
+                    while j < end and isinstance(items[j], tuple) and items[j][0] == image_id:
                         j += 1
                     eng.decode_embeddings(self._embs[image_id][r0:r0 + (j - i)], logits=j == len(items))
                 m.kv.extend(items[i:j])
@@ -210,20 +271,20 @@ class ChatSession:
         except BaseException:
             eng.trim(len(m.kv))  # keep the bookkeeping and the KV cache in step
             raise
-        return len(items) - keep, keep
+        return i - keep, keep
 
     def _answer(self, cancel: threading.Event | None, t0: float, seed: int, drop_on_error: bool = True
                 ) -> Iterator[Event]:
         m, eng, gen = self.model, self.model.engine, self.generation
         try:
             items = self._items(self.turns, self.image_ids)
-            n_new, n_reused = self._prefill(items)
+            n_new, n_reused = self._prefill(items, cancel)
         except BaseException:
             if drop_on_error:
                 self._drop_open_turn()
             raise
         yield PromptProcessed(n_new=n_new, n_reused=n_reused, seconds=time.perf_counter() - t0)
-        stream = TextStream(m.stop_strings)
+        stream = TextStream((*m.stop_strings, *self.stop))
         reason, n_gen, t_first, t_gen = "length", 0, None, time.perf_counter()
         try:
             with Sampler(eng, gen, seed) as sampler:

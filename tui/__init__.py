@@ -11,6 +11,8 @@ import argparse
 import logging
 import sqlite3
 
+import llava_local  # noqa: F401  (first: it turns onnxruntime's telemetry off before onnxruntime loads)
+
 
 def launch(args: argparse.Namespace) -> int:
     """Open the chat app; returns 0 when the user quits, 130/143 after SIGINT/SIGTERM, 1 if it crashed."""

@@ -1,5 +1,6 @@
 """A damaged sessions database: the store opens anyway, keeps the damaged file, carries over what still reads,
-and never raises anything but `StoreError` from listing or opening sessions (property-based, with hypothesis).
+and never raises anything but `StoreError` from listing or opening sessions (the properties, for any bytes, any
+damage and any row, are in tests/fuzz/test_props_sessions.py).
 
 The damage is real: SQLite pages overwritten on disk, a file that is not a database, rows written with raw SQL
 that the store itself would never write (settings that are not JSON, numbers for titles, path-like image refs).
@@ -12,8 +13,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from tui.store import Message, Store, StoreError
 
@@ -128,88 +127,6 @@ def test_locked_database_is_not_mistaken_for_damage(tmp_path: Path):
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-
-
-# -- property-based: any bytes, any damage, any row ------------------------------------------------------------
-
-
-def _check_never_raises(data: Path) -> None:
-    try:
-        s = Store(data)
-    except sqlite3.OperationalError as e:  # not damage (permissions, locks): the launcher's one-line error
-        raise AssertionError(f"damage reported as {e!r}") from None
-    try:
-        _read_everything(s)
-    except StoreError:
-        pass  # a clean, one-line failure the app shows as a notification
-    finally:
-        s.close()
-
-
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-@given(blob=st.binary(max_size=3 * PAGE))
-def test_any_bytes_as_the_database(tmp_path_factory, blob: bytes):
-    data = tmp_path_factory.mktemp("data")
-    (data / "sessions.db").write_bytes(blob)
-    _check_never_raises(data)
-    damaged = list(data.glob("sessions.damaged-*.db"))
-    if damaged:
-        assert damaged[0].read_bytes() == blob
-
-
-_HEALTHY: list[bytes] = []
-
-
-def _healthy_db(tmp_path_factory) -> bytes:
-    """A real database of 12 sessions, built once (a module-level cache: hypothesis prints fixture values)."""
-    if not _HEALTHY:
-        _HEALTHY.append(_filled(tmp_path_factory.mktemp("healthy"), n_sessions=12, filler=200).read_bytes())
-    return _HEALTHY[0]
-
-
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-@given(hits=st.lists(st.tuples(st.integers(min_value=0), st.binary(min_size=1, max_size=64)), min_size=1,
-                     max_size=8))
-def test_any_damage_to_a_real_database(tmp_path_factory, hits):
-    data = tmp_path_factory.mktemp("data")
-    raw = bytearray(_healthy_db(tmp_path_factory))
-    for offset, patch in hits:
-        at = offset % len(raw)
-        raw[at:at + len(patch)] = patch[: len(raw) - at]
-    (data / "sessions.db").write_bytes(bytes(raw))
-    _check_never_raises(data)
-
-
-_VALUES = st.one_of(st.none(), st.integers(min_value=-2**63, max_value=2**63 - 1), st.floats(), st.text(max_size=40),
-                    st.binary(max_size=40), st.sampled_from(['{"temperature": "hot"}', "{", "[]", '{"top_k": 1.5}']))
-
-
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-@given(session=st.tuples(*[_VALUES] * 5), message=st.tuples(st.sampled_from(["user", "assistant"]), *[_VALUES] * 3),
-       image=st.tuples(*[_VALUES] * 3))
-def test_any_row_values(tmp_path_factory, session, message, image):
-    data = tmp_path_factory.mktemp("data")
-    s = Store(data)
-    db = s._db
-    title, model, settings_, system, updated = session
-    try:
-        sid = db.execute("INSERT INTO sessions (title, model, settings, system, created, updated) "
-                         "VALUES (?, ?, ?, ?, 0, ?)", (title, model, settings_, system, updated)).lastrowid
-        role, text, stop, stats = message
-        mid = db.execute("INSERT INTO messages (session_id, position, role, text, stop_reason, stats) "
-                         "VALUES (?, 0, ?, ?, ?, ?)", (sid, role, text, stop, stats)).lastrowid
-        db.execute("INSERT INTO message_images VALUES (?, 0, ?, ?, ?)", (mid, *image))
-    except sqlite3.IntegrityError:
-        pass  # NOT NULL: SQLite itself refuses such a row, so it can never be on disk
-    s.close()
-    s = Store(data)
-    try:
-        for row in s.sessions():
-            for m in s.messages(row.id):
-                for ref in m.images:
-                    assert s.image_path(ref).parent == s.images_dir  # never a path outside the store
-    finally:
-        s.close()
 
 
 def test_moved_aside_wal_keeps_its_committed_turns(tmp_path: Path):
