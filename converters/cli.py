@@ -1,8 +1,8 @@
 """`llava-local convert SRC -o BUNDLE`: a LLaVA checkpoint → an offline bundle (ONNX vision + GGUF LLM).
 
-Contract (the CLI's COMMANDS table): `add_arguments(parser)` and `run(args) -> int`. Heavy imports (torch,
-transformers, onnx, gguf) happen inside `run`. Exit 0 with the bundle path on stdout; user mistakes and failed
-parity raise `ConversionError`, which `llava_local.cli.main` prints as one line (exit 1).
+Contract (a `llava_local.commands` entry point): `HELP`, `EXTRA`, `add_arguments(parser)` and `run(args) -> int`.
+Heavy imports (torch, transformers, onnx, gguf) happen inside `run`. Exit 0 with the bundle path on stdout; user
+mistakes and failed parity raise `ConversionError`, which `llava_local.cli.main` prints as one line (exit 1).
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llava_local.manifest import LLM_QUANTS, VISION_DTYPES
+
+HELP = "convert a LLaVA checkpoint into a bundle (needs the [convert] extra)"
+EXTRA = "convert"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 from ..manifest import load_manifest, verify_files
 from ..models import resolve_model
 
+HELP = "show a bundle's manifest, files and parity report"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", nargs="?", default=None, metavar="BUNDLE",
