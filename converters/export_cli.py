@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+EXTRA = "import"  # a bundle from a checkpoint needs [convert] too (torch): named when missing
 HELP = "export a bundle or checkpoint for llama.cpp / Ollama / LM Studio (mmproj + GGUF + Modelfile)"
 
 

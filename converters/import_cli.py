@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+EXTRA = "import"
 HELP = "import a llama.cpp GGUF + mmproj pair (paths, ollama:NAME, LM Studio folder) into a bundle"
 VISION_DTYPES = ("fp32", "fp16", "int8")  # as llava_local.manifest.VISION_DTYPES (kept light for --help)
 
@@ -40,7 +41,6 @@ def run(args: argparse.Namespace) -> int:
     from llava_local.errors import UsageError
     from llava_local.paths import models_dir
 
-    _require()
     from .cli import quiet_libraries
     from .import_gguf import ImportOptions, import_pair
 
@@ -58,13 +58,3 @@ def run(args: argparse.Namespace) -> int:
     print(result.bundle)
     return 0
 
-
-def _require() -> None:
-    """One line instead of a traceback when the [import] extra is not installed."""
-    import importlib.util
-
-    from llava_local.errors import ConversionError
-
-    missing = [m for m in ("onnx", "gguf", "onnxruntime") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ConversionError(f"import needs {', '.join(missing)}: pip install 'llava-local[import]'")

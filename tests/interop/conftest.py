@@ -7,44 +7,15 @@
   LLaVA-1.5 layout (`converters.mmproj.write_mmproj`), the LLM GGUF of the bundle; both stripped of every
   `llava_local.*` key, so nothing of ours identifies the template or the preprocessing; the LLM keeps the
   `tokenizer.chat_template` a converter writes.
-- `rewrite_gguf(src, dst, drop=..., set_=...)`: copy a GGUF with keys dropped or changed (tensors as they are).
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-
-def rewrite_gguf(src: Path, dst: Path, drop: tuple[str, ...] = (), set_: dict[str, Any] | None = None) -> Path:
-    """Copy `src` to `dst` without the keys starting with any of `drop`, with `set_` string keys overridden."""
-    import gguf
-
-    r = gguf.GGUFReader(str(src))
-    arch = r.fields["general.architecture"].contents()
-    w = gguf.GGUFWriter(str(dst), arch=arch, use_temp_file=False)
-    set_ = dict(set_ or {})
-    for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture" or name.startswith(drop):
-            continue
-        if name in set_:
-            w.add_string(name, set_.pop(name))
-            continue
-        vtype = f.types[0]
-        sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        w.add_key_value(name, f.contents(), vtype, sub_type=sub)
-    for name, value in set_.items():
-        w.add_string(name, value)
-    for t in r.tensors:
-        w.add_tensor(t.name, t.data, raw_shape=list(reversed([int(n) for n in t.shape])), raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return dst
+from interop_helpers import rewrite_gguf
 
 
 @pytest.fixture(scope="session")
