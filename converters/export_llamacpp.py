@@ -179,6 +179,7 @@ def mtmd_embeddings(mmproj: Path, llm_gguf: Path, rgb: np.ndarray, n_threads: in
     from llava_local import llamalog
 
     llamalog.install()
+    mt.mtmd_log_set(llamalog._callback, ctypes.c_void_p(0))  # clip.cpp logs through its own hook: same quiet sink
     llama_cpp.llama_backend_init()
     mp = llama_cpp.llama_model_default_params()
     mp.n_gpu_layers = 0

@@ -42,24 +42,12 @@ from llava_local.templates import TEMPLATES, Turn, get_template, text_chunks
 
 from .bundle import VISION_FILES, Progress, _prepare_target, _publish, llm_file
 from .mmproj import field_value, open_gguf, read_mmproj
+from .sources import Source, resolve_source
 
 DEFAULT_TEMPLATE, DEFAULT_PREPROCESS = "vicuna_v1", "pad"
 VISION_MAX_ABS = 1e-3  # fp32 ONNX vs the float64 numpy reference, relative to max(1, max|ref|)
 UNQUANTIZED = ("f32", "f16", "bf16")
 CHECK_PROMPT = "What is in the image? Describe it."
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where the two files come from (tok5's `converters.sources.Source` has the same fields)."""
-
-    llm: Path
-    mmproj: Path | None
-    template: str | None = None  # an Ollama TEMPLATE (Go text/template) or None
-    system: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    origin: str = "path"
-    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,16 +98,8 @@ class LLMInfo:
 
 
 def resolve(opts: ImportOptions) -> Source:
-    """Two explicit paths, or tok5's resolver for ollama:NAME[:TAG], folders and single paths."""
-    src = str(opts.source)
-    if opts.mmproj is not None and not src.startswith("ollama:") and not Path(src).expanduser().is_dir():
-        return Source(llm=Path(src).expanduser(), mmproj=Path(opts.mmproj).expanduser())
-    from .sources import resolve_source
-
-    found = resolve_source(src)
-    mmproj = Path(opts.mmproj).expanduser() if opts.mmproj is not None else found.mmproj
-    return Source(llm=Path(found.llm), mmproj=Path(mmproj) if mmproj else None, template=found.template,
-                  system=found.system, params=dict(found.params or {}), origin=found.origin, name=found.name)
+    """The two files (and Ollama's template/system/params) through `converters.sources.resolve_source`."""
+    return resolve_source(str(opts.source), str(opts.mmproj) if opts.mmproj is not None else None)
 
 
 def read_llm_info(path: Path) -> LLMInfo:
@@ -170,6 +150,8 @@ def _choose(opts: ImportOptions, src: Source, info: LLMInfo, mm_mode: str | None
     """(template, preprocess mode, what was assumed) in order: flag, our own keys, metadata, LLaVA-1.5 default."""
     template = (opts.template or (info.our_template if info.our_template in TEMPLATES else None)
                 or detect_template(src.template) or detect_template(info.chat_template))
+    if template == "vicuna_v1" and src.system == TEMPLATES["llava_v1"].system:
+        template = "llava_v1"  # one layout; Ollama's SYSTEM tells the two apart
     mode = opts.preprocess or (mm_mode if mm_mode in ("pad", "crop") else None)
     assumed = []
     if template is None:
@@ -215,8 +197,6 @@ def import_pair(opts: ImportOptions, *, show_progress: bool = True,
 
     hook = step_hook or (lambda name: None)
     src = resolve(opts)
-    if src.mmproj is None:
-        raise ConversionError(f"{opts.source}: no mmproj (image encoder) found; pass --mmproj MMPROJ.gguf")
     info = read_llm_info(src.llm)
     mm = read_mmproj(src.mmproj)
     spec = mm.spec
@@ -298,7 +278,7 @@ def import_pair(opts: ImportOptions, *, show_progress: bool = True,
             stops = tuple(dict.fromkeys([*t.stop_strings, *_param_stops(src.params)]))
             names = [*vision_files.values(), llm_name]
             return Manifest(
-                name=opts.name or src.name or target.name, preprocess=preprocess,
+                name=opts.name or target.name, preprocess=preprocess,
                 vision=VisionSpec(files=vision_files, default=next(d for d in opts.vision_dtypes if d in vision_files)
                                   if any(d in vision_files for d in opts.vision_dtypes) else "fp32",
                                   tokens_per_image=spec.tokens_per_image, embed_dim=spec.out_dim),

@@ -184,13 +184,20 @@ def read_mmproj(path: str | Path) -> Mmproj:
         eps=float(_required(reader, "clip.vision.attention.layer_norm_epsilon", p)),
         blocks=blocks, blocks_in_file=n_file, ffn=int(field_value(reader, "clip.vision.feed_forward_length", 0)),
         projector=projector, quick_gelu=not field_value(reader, "clip.use_gelu", False),
-        mean=tuple(float(x) for x in mean[:3]), std=tuple(float(x) for x in std[:3]),  # type: ignore[arg-type]
+        mean=_snap(mean, CLIP_MEAN), std=_snap(std, CLIP_STD),
         out_dim=int(last.shape[0]), feature_layer=feature_layer, name=str(field_value(reader, "general.name", "")),
         preprocess_mode=field_value(reader, "llava_local.preprocess"),
         resample=field_value(reader, "llava_local.resample"), tensor_types=types,
     )
     _check_shapes(spec, weights, p)
     return Mmproj(spec=spec, weights=weights, path=p)
+
+
+def _snap(values: list[float], known: tuple[float, float, float]) -> tuple[float, float, float]:
+    """GGUF stores mean/std as float32: give back the CLIP constants themselves when that is what they are."""
+    if len(values) >= 3 and all(np.float32(v) == np.float32(k) for v, k in zip(values, known)):
+        return known
+    return (float(values[0]), float(values[1]), float(values[2]))
 
 
 def _canonical(raw: dict[str, np.ndarray], n_file: int, width: int, path: Path) -> dict[str, np.ndarray]:

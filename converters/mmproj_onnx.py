@@ -153,8 +153,19 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
 
 
-def reference_forward(mm: Mmproj, pixels: np.ndarray) -> np.ndarray:
-    """pixels (B,3,S,S) → image embeddings (B,N,D_llm), float64 internally, float32 out."""
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def reference_forward(mm: Mmproj, pixels: np.ndarray, *, mtmd: bool = False) -> np.ndarray:
+    """pixels (B,3,S,S) → image embeddings (B,N,D_llm), float64 internally, float32 out.
+
+    `mtmd=True` computes what llama.cpp's libmtmd (llama-cpp-python 0.3.36) computes instead, to explain its
+    output: the class embedding is appended after the patches while the position rows stay in order (patch i
+    gets CLS's position i, CLS gets the last one), the rows kept are 1..N (patch 0 dropped, CLS fed as the last
+    image token), and the projector's GELU is the tanh approximation (`ggml_gelu`). The block count is the same
+    here because our files name their feature layer (without it mtmd also runs one block fewer).
+    """
     s = mm.spec
     w = {k: v.astype(np.float64) for k, v in mm.weights.items()}
     px = pixels.astype(np.float64)
@@ -162,7 +173,8 @@ def reference_forward(mm: Mmproj, pixels: np.ndarray) -> np.ndarray:
     # non-overlapping P×P patches → (B, g², 3·P·P) · kernel (D, 3·P·P)ᵀ, patches in row-major grid order
     patches = px.reshape(bsz, 3, gsz, p, gsz, p).transpose(0, 2, 4, 1, 3, 5).reshape(bsz, gsz * gsz, 3 * p * p)
     x = patches @ w["patch_embd"].reshape(d, -1).T
-    x = np.concatenate([np.broadcast_to(w["class_embd"], (bsz, 1, d)), x], axis=1) + w["pos_embd"][None]
+    cls = np.broadcast_to(w["class_embd"], (bsz, 1, d))
+    x = np.concatenate([x, cls] if mtmd else [cls, x], axis=1) + w["pos_embd"][None]
     x = _ln(x, w["pre_ln.weight"], w["pre_ln.bias"], s.eps)
     heads, hd = s.heads, d // s.heads
     for i in range(s.blocks):
@@ -180,8 +192,9 @@ def reference_forward(mm: Mmproj, pixels: np.ndarray) -> np.ndarray:
         h = h / (1.0 + np.exp(-1.702 * h)) if s.quick_gelu else _gelu(h)
         x = x + h @ w[b + "fc2.weight"].T + w[b + "fc2.bias"]
     x = x[:, 1:]
+    gelu = _gelu_tanh if mtmd else _gelu
     if s.projector == "mlp2x_gelu":
-        x = _gelu(x @ w["mm0.weight"].T + w["mm0.bias"]) @ w["mm2.weight"].T + w["mm2.bias"]
+        x = gelu(x @ w["mm0.weight"].T + w["mm0.bias"]) @ w["mm2.weight"].T + w["mm2.bias"]
     else:
         x = x @ w["mm.weight"].T + w["mm.bias"]
     return x.astype(np.float32)

@@ -139,11 +139,12 @@ def bad_files(legacy_pair, f16_checkpoint, tmp_path_factory) -> dict[str, Path]:
     ("llm_truncated", "cannot read this GGUF (truncated or corrupt?"),
     ("not_gguf", "is not a GGUF file (it starts with b'PK\\x03\\x04'"),
     ("ldp", "projector type 'ldp' is not supported"),
-    ("missing", "not found:"),
+    ("missing", "the --mmproj file does not exist"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(case, expect, legacy_pair, bad_files, tmp_path, capsys):
     llm, mmproj = legacy_pair
-    pair = {"text_only": (llm, llm), "mmproj_as_llm": (mmproj, mmproj), "llm_truncated": (bad_files["llm_truncated"], mmproj),
+    pair = {"text_only": (llm, llm), "mmproj_as_llm": (mmproj, mmproj),
+            "llm_truncated": (bad_files["llm_truncated"], mmproj),
             "missing": (llm, tmp_path / "nowhere" / "mmproj.gguf")}.get(case) or (llm, bad_files.get(case))
     parent = tmp_path / "out"
     parent.mkdir()
