@@ -12,7 +12,7 @@ to the bundle's source: an imported bundle's mmproj file (`provenance.mmproj`, c
 bundle's checkpoint (`provenance.source`, loaded with torch). When that source is gone, a one-line error says to
 export the checkpoint instead. The exported mmproj is then rebuilt as ONNX (torch-free) and compared with the
 bundle's own `vision.onnx` on generated images: the report's `vision_vs_bundle` (max |Δ|, cosine).
-`mtmd_embeddings(mmproj, llm, rgb)` encodes one image with llama.cpp's own libmtmd (for tests and the benchmark).
+`MtmdEncoder` / `mtmd_embeddings(mmproj, llm, rgb)` encode images with llama.cpp's own libmtmd (tests, benchmark).
 """
 
 from __future__ import annotations
@@ -165,67 +165,84 @@ def vision_agreement(mmproj: Path, bundle_onnx: Path, preprocess: Any) -> dict[s
 
 # -- libmtmd (llama.cpp's own multimodal runtime) ---------------------------------------------------------------
 
-def mtmd_embeddings(mmproj: Path, llm_gguf: Path, rgb: np.ndarray, n_threads: int = 1) -> np.ndarray:
-    """Encode one RGB uint8 image (H, W, 3) with libmtmd: (n_image_tokens, n_embd) float32.
+class MtmdEncoder:
+    """libmtmd (llama.cpp's multimodal library inside llama-cpp-python) loaded once: `encode(rgb) -> (N, n_embd)`.
 
-    ConversionError when libmtmd refuses the mmproj. mtmd preprocesses the image itself (LLaVA-1.5: pad to
-    square with the mean colour, resize to the model size, normalize); give it an S×S image to compare encoders.
+    mtmd preprocesses the image itself (LLaVA-1.5: pad to square with the mean colour, resize to the model size,
+    normalize); give it an S×S image to compare encoders on the same pixels. ConversionError when libmtmd refuses
+    the mmproj (it needs the text model beside it: the projector's output width must be the model's n_embd).
     """
-    import ctypes
 
-    import llama_cpp
-    from llama_cpp import mtmd_cpp as mt
+    def __init__(self, mmproj: Path, llm_gguf: Path, n_threads: int = 1) -> None:
+        import ctypes
 
-    from llava_local import llamalog
+        import llama_cpp
+        from llama_cpp import mtmd_cpp as mt
 
-    llamalog.install()
-    mt.mtmd_log_set(llamalog._callback, ctypes.c_void_p(0))  # clip.cpp logs through its own hook: same quiet sink
-    llama_cpp.llama_backend_init()
-    mp = llama_cpp.llama_model_default_params()
-    mp.n_gpu_layers = 0
-    model = llama_cpp.llama_model_load_from_file(str(llm_gguf).encode(), mp)
-    if not model:
-        raise ConversionError(f"llama.cpp could not load {llm_gguf}")
-    ctx = bitmap = chunks = None
-    try:
+        from llava_local import llamalog
+
+        self._ll, self._mt, self._c = llama_cpp, mt, ctypes
+        llamalog.install()
+        mt.mtmd_log_set(llamalog._callback, ctypes.c_void_p(0))  # clip.cpp logs through its own hook: same sink
+        llama_cpp.llama_backend_init()
+        mp = llama_cpp.llama_model_default_params()
+        mp.n_gpu_layers = 0
+        self.model = llama_cpp.llama_model_load_from_file(str(llm_gguf).encode(), mp)
+        if not self.model:
+            raise ConversionError(f"llama.cpp could not load {llm_gguf}")
         params = mt.mtmd_context_params_default()
         params.use_gpu = False
         params.n_threads = n_threads
         params.print_timings = False
         params.warmup = False
-        ctx = mt.mtmd_init_from_file(str(mmproj).encode(), model, params)
-        if not ctx:
+        self.ctx = mt.mtmd_init_from_file(str(mmproj).encode(), self.model, params)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
             raise ConversionError(f"libmtmd could not load {mmproj}: {llamalog.recent_errors() or 'unknown error'}")
+        self.n_embd = llama_cpp.llama_model_n_embd(self.model)
+
+    def encode(self, rgb: np.ndarray) -> np.ndarray:
+        """One RGB uint8 image (H, W, 3) → its image-token embeddings (N, n_embd) float32."""
+        mt, ctypes = self._mt, self._c
         rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
         h, w = rgb.shape[:2]
         data = (ctypes.c_uint8 * rgb.size).from_buffer_copy(rgb.tobytes())
         bitmap = mt.mtmd_bitmap_init(w, h, data)
         chunks = mt.mtmd_input_chunks_init()
-        text = mt.mtmd_input_text()
-        marker = mt.mtmd_default_marker()
-        text.text = marker
-        text.text_len = len(marker)
-        text.add_special = False
-        text.parse_special = True
-        bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
-        if mt.mtmd_tokenize(ctx, chunks, ctypes.byref(text), bitmaps, 1) != 0:
-            raise ConversionError("libmtmd could not tokenize the image")
-        n_embd = llama_cpp.llama_model_n_embd(model)
-        for i in range(mt.mtmd_input_chunks_size(chunks)):
-            chunk = mt.mtmd_input_chunks_get(chunks, i)
-            if mt.mtmd_input_chunk_get_type(chunk) != mt.MTMD_INPUT_CHUNK_TYPE_IMAGE:
-                continue
-            n = mt.mtmd_input_chunk_get_n_tokens(chunk)
-            if mt.mtmd_encode_chunk(ctx, chunk) != 0:
-                raise ConversionError("libmtmd failed to encode the image")
-            ptr = mt.mtmd_get_output_embd(ctx)
-            return np.ctypeslib.as_array(ptr, shape=(n * n_embd,)).copy().reshape(n, n_embd)
-        raise ConversionError("libmtmd produced no image chunk")
-    finally:
-        if chunks:
+        try:
+            text = mt.mtmd_input_text()
+            marker = mt.mtmd_default_marker()
+            text.text, text.text_len, text.add_special, text.parse_special = marker, len(marker), False, True
+            bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
+            if mt.mtmd_tokenize(self.ctx, chunks, ctypes.byref(text), bitmaps, 1) != 0:
+                raise ConversionError("libmtmd could not tokenize the image")
+            for i in range(mt.mtmd_input_chunks_size(chunks)):
+                chunk = mt.mtmd_input_chunks_get(chunks, i)
+                if mt.mtmd_input_chunk_get_type(chunk) != mt.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+                    continue
+                n = mt.mtmd_input_chunk_get_n_tokens(chunk)
+                if mt.mtmd_encode_chunk(self.ctx, chunk) != 0:
+                    raise ConversionError("libmtmd failed to encode the image")
+                ptr = mt.mtmd_get_output_embd(self.ctx)
+                return np.ctypeslib.as_array(ptr, shape=(n * self.n_embd,)).copy().reshape(n, self.n_embd)
+            raise ConversionError("libmtmd produced no image chunk")
+        finally:
             mt.mtmd_input_chunks_free(chunks)
-        if bitmap:
             mt.mtmd_bitmap_free(bitmap)
-        if ctx:
-            mt.mtmd_free(ctx)
-        llama_cpp.llama_model_free(model)
+
+    def close(self) -> None:
+        if self.ctx:
+            self._mt.mtmd_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            self._ll.llama_model_free(self.model)
+            self.model = None
+
+
+def mtmd_embeddings(mmproj: Path, llm_gguf: Path, rgb: np.ndarray, n_threads: int = 1) -> np.ndarray:
+    """Encode one RGB uint8 image with libmtmd (see `MtmdEncoder`): (n_image_tokens, n_embd) float32."""
+    enc = MtmdEncoder(mmproj, llm_gguf, n_threads)
+    try:
+        return enc.encode(rgb)
+    finally:
+        enc.close()

@@ -9,6 +9,8 @@ Heavy imports happen inside `run`. Exit 0 with the bundle path on stdout; mistak
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 EXTRA = "import"
@@ -41,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
     from llava_local.errors import UsageError
     from llava_local.paths import models_dir
 
-    from .cli import quiet_libraries
     from .import_gguf import ImportOptions, import_pair
 
     out = args.output
@@ -53,8 +54,26 @@ def run(args: argparse.Namespace) -> int:
                          preprocess=args.preprocess, vision_dtypes=tuple(args.vision_dtype or ("fp32",)),
                          quant=args.quant, force=args.force, verify=not args.no_verify,
                          fuse_vision=not args.no_fuse_vision)
-    with quiet_libraries():
+    with _quiet():
         result = import_pair(opts, show_progress=not args.quiet)
     print(result.bundle)
     return 0
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime.quantization's advice (root logger) and library warnings would drown the progress lines.
+    Not `converters.cli.quiet_libraries`: that one imports transformers, which import must not need."""
+    import logging
+    import warnings
+
+    root = logging.getLogger()
+    level = root.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            root.setLevel(level)
 

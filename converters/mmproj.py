@@ -19,10 +19,12 @@ Contract:
   Every other projector type (ldp, resampler, mlp_norm, ...) is refused.
 - `write_mmproj(ckpt, path)`: a `converters.layouts.Checkpoint` (torch tensors; this module never imports torch)
   → an mmproj in the legacy layout: the keys the legacy converter writes, block_count = the blocks needed for
-  the feature layer, no post-LN, F16 matrices (and the conv kernel), F32 biases/norms/class and position
-  embeddings, `mm.0`/`mm.2` (never gguf-py's generic `mm.1`). It also writes `clip.vision.feature_layer` (as the
-  legacy converter does when the config names a feature layer: llama.cpp then applies every block, see
-  docs/interop.md) and `llava_local.preprocess` / `llava_local.resample` (our own keys; clip.cpp ignores them).
+  the feature layer, no post-LN, F16 for every 2-D/4-D `.weight` (position embeddings and the conv kernel
+  included), F32 for biases, norms and the class embedding (byte-identical tensors to the legacy script's output,
+  checked with transformers 4.49 on the tiny checkpoint), `mm.0`/`mm.2` (never gguf-py's generic `mm.1`). It
+  also writes `clip.vision.feature_layer` (as the legacy converter does when the config names a feature layer:
+  llama.cpp then applies every block, see docs/interop.md) and `llava_local.preprocess` / `llava_local.resample`
+  (our own keys; clip.cpp ignores them).
 """
 
 from __future__ import annotations
@@ -345,7 +347,7 @@ def write_mmproj(ckpt: Any, path: Path, name: str | None = None) -> Path:
         w.add_tensor("mm.bias", f32(_np(p["linear.bias"])))
     w.add_tensor("v.class_embd", f32(_np(s["embeddings.class_embedding"])))
     w.add_tensor("v.patch_embd.weight", f16(_np(s["embeddings.patch_embedding.weight"])))
-    w.add_tensor("v.position_embd.weight", f32(_np(s["embeddings.position_embedding.weight"])))
+    w.add_tensor("v.position_embd.weight", f16(_np(s["embeddings.position_embedding.weight"])))
     w.add_tensor("v.pre_ln.weight", f32(_np(s["pre_layrnorm.weight"])))
     w.add_tensor("v.pre_ln.bias", f32(_np(s["pre_layrnorm.bias"])))
     for i in range(blocks):

@@ -44,7 +44,7 @@ def test_writer_layout_is_the_legacy_converters(legacy_pair):
                                     "v.pre_ln.weight", "v.pre_ln.bias", "mm.0.weight", "mm.0.bias",
                                     "mm.2.weight", "mm.2.bias"}
     for name, t in tensors.items():
-        matrix = len(t.shape) >= 2 and name not in ("v.position_embd.weight",)
+        matrix = len(t.shape) >= 2  # the legacy script: every 2-D/4-D ".weight" in F16, the rest F32
         assert t.tensor_type.name == ("F16" if matrix else "F32"), name
     # the legacy names are swapped: "ffn_down" is CLIP's fc1 (64 → 128), "ffn_up" its fc2 (128 → 64); GGUF ne order
     assert list(tensors["v.blk.0.ffn_down.weight"].shape) == [64, 128]
