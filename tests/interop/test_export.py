@@ -111,3 +111,18 @@ def test_export_without_a_source_is_one_line(legacy_pair, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "its source" in err[0] and "is gone" in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_export_from_checkpoint(f16_checkpoint, exported, tmp_path):
+    """A checkpoint exports straight away: its mmproj holds the same tensors as the bundle export's, and its GGUF
+    is the one `convert` writes (F16), named after --name."""
+    import gguf
+
+    out = tmp_path / "ck"
+    assert main(["export", str(f16_checkpoint), "-o", str(out), "--name", "tiny"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "export.json", "mmproj-model-f16.gguf",
+                                                     "tiny-f16.gguf"]
+    a = {t.name: t.data.tobytes() for t in gguf.GGUFReader(str(out / "mmproj-model-f16.gguf")).tensors}
+    b = {t.name: t.data.tobytes() for t in gguf.GGUFReader(str(exported / "mmproj-model-f16.gguf")).tensors}
+    assert a == b
+    assert json.loads((out / "export.json").read_text())["kind"] == "checkpoint"

@@ -169,3 +169,31 @@ def test_failure_midway_leaves_nothing(legacy_pair, tmp_path):
         import_pair(ImportOptions(source=legacy_pair[0], mmproj=legacy_pair[1], out=parent / "b"),
                     show_progress=False, step_hook=fail_at)
     assert _leftovers(parent) == []
+
+
+def test_any_llamacpp_file_type_imports_and_quant_requantizes_only_unquantized(legacy_pair, tmp_path, capsys):
+    """A community Q4_K_S file goes in as it is (manifest key q4_k_s); --quant re-quantizes an F16 source and
+    refuses an already quantized one."""
+    import ctypes
+
+    import llama_cpp
+
+    from converters.quantize import tensor_types
+
+    llm, mmproj = legacy_pair
+    q4ks = tmp_path / "tiny.Q4_K_S.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_S
+    assert llama_cpp.llama_model_quantize(str(llm).encode(), str(q4ks).encode(), ctypes.byref(params)) == 0
+    a = tmp_path / "a"
+    assert main(["import", str(q4ks), "--mmproj", str(mmproj), "-o", str(a), "--quiet", "--no-fuse-vision"]) == 0
+    m = load_manifest(a)
+    assert m.llm.files == {"q4_k_s": "llm-q4_k_s.gguf"} and m.parity["answer"]["text"]
+    b = tmp_path / "b"
+    assert main(["import", str(llm), "--mmproj", str(mmproj), "-o", str(b), "--quant", "q8_0", "--quiet",
+                 "--no-verify", "--no-fuse-vision"]) == 0
+    assert load_manifest(b).llm.files == {"q8_0": "llm-q8_0.gguf"} and tensor_types(b / "llm-q8_0.gguf")["Q8_0"]
+    capsys.readouterr()
+    assert main(["import", str(q4ks), "--mmproj", str(mmproj), "-o", str(tmp_path / "c"), "--quant", "q8_0"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is already quantized (q4_k_s)" in err[0] and not (tmp_path / "c").exists()
