@@ -165,3 +165,19 @@ def test_feature_layer_below_block_count_applies_fewer_blocks(legacy_pair, tmp_p
     pixels = np.random.default_rng(0).standard_normal((1, 3, 56, 56)).astype(np.float32)
     full = reference_forward(read_mmproj(legacy_pair[1]), pixels)
     assert np.abs(reference_forward(mm, pixels) - full).max() > 1e-3  # one block fewer is a different output
+
+
+def test_linear_projector_layout_reads_and_runs(f16_checkpoint, tmp_path):
+    """The legacy LLaVA-v1 linear projector (`mm.weight`/`mm.bias`) reads as "linear"; graph and reference agree."""
+    from converters.layouts import load_checkpoint
+    from converters.mmproj import write_mmproj
+
+    ck = load_checkpoint(f16_checkpoint)
+    w2 = ck.projector_state["linear_2.weight"]
+    ck.projector_type = "linear"
+    ck.projector_state = {"linear.weight": w2[:, :64].contiguous(), "linear.bias": ck.projector_state["linear_2.bias"]}
+    mm = read_mmproj(write_mmproj(ck, tmp_path / "linear.gguf"))
+    assert mm.spec.projector == "linear" and mm.spec.out_dim == 256
+    pixels = np.random.default_rng(0).standard_normal((2, 3, 56, 56)).astype(np.float32)
+    out = run_onnx(build_onnx(mm, tmp_path / "l.onnx"), pixels)
+    assert np.abs(out - reference_forward(mm, pixels)).max() <= 1e-4
