@@ -74,10 +74,11 @@ def export(opts: ExportOptions) -> ExportResult:
     return ExportResult(out=target, files=[*files, "Modelfile", "export.json"], report=report)
 
 
-def _modelfile(tmp: Path, llm_name: str, template: str, stops: tuple[str, ...], system: str | None) -> None:
+def _modelfile(tmp: Path, llm_name: str, template: str, stops: tuple[str, ...], system: str | None,
+               params: dict[str, Any] | None = None) -> None:
     from .sources import render_modelfile
 
-    text = render_modelfile(llm_name, MMPROJ_NAME, template, list(stops), {})
+    text = render_modelfile(llm_name, MMPROJ_NAME, template, list(stops), dict(params or {}))
     if system:  # a bundle's own system prompt replaces the template's (render_modelfile writes the latter)
         from .sources import _modelfile_value
 
@@ -120,7 +121,8 @@ def _from_bundle(bundle: Path, tmp: Path, opts: ExportOptions) -> tuple[dict[str
     if m.preprocess.mode != "pad":
         report["warning"] = ("llama.cpp pads LLaVA-1.5 images to a square; this bundle was made for centre crops, "
                              "so llama.cpp's answers will see a different picture")
-    _modelfile(tmp, llm_name, m.template, m.stop_strings, m.system_prompt)
+    # Ollama parameters an imported bundle came with (num_ctx, temperature...) go back out; stop is ours.
+    _modelfile(tmp, llm_name, m.template, m.stop_strings, m.system_prompt, prov.get("ollama_params"))
     return report, [MMPROJ_NAME, llm_name]
 
 

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "mmproj*.gguf")
     parser.add_argument("--mmproj", type=Path, default=None, help="the image encoder GGUF (mmproj-*.gguf)")
     parser.add_argument("-o", "--output", type=Path, default=None,
-                        help="bundle directory to write (default: the models dir under --name)")
+                        help="bundle directory to write (default: the models dir under --name, else the source's name)")
     parser.add_argument("--name", default=None, help="model name (and models-dir entry when -o is not given)")
     parser.add_argument("--template", default=None,
                         help="chat template (default: from the GGUF's metadata, else vicuna_v1)")
@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.output
     if out is None:
+        if not args.name:  # the source's own name: ollama:llava:7b → llava-7b, a folder's or a file's name
+            from .sources import resolve_source
+
+            args.name = resolve_source(args.source, str(args.mmproj) if args.mmproj else None).name
         if not args.name:
             raise UsageError("give the bundle a place: -o DIR, or --name NAME to write it into the models dir")
         out = models_dir() / args.name

@@ -39,8 +39,10 @@ def test_import_from_ollama_store(legacy_pair, f16_bundle, tmp_path, monkeypatch
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(manifest))
     monkeypatch.setenv("OLLAMA_MODELS", str(store))
-    out = tmp_path / "from-ollama"
-    assert main(["import", "ollama:tiny-llava:7b", "-o", str(out), "--quiet", "--no-fuse-vision"]) == 0
+    assert main(["import", "ollama:tiny-llava:7b", "--quiet", "--no-fuse-vision"]) == 0
+    from llava_local.paths import models_dir
+
+    out = models_dir() / "tiny-llava-7b"  # no -o / --name: the models dir under the source's own name
     assert [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("import:")] == [
         "import: nothing in the files says the preprocessing pad: using LLaVA-1.5's (pass --template / --preprocess "
         "to choose)"]
@@ -52,6 +54,11 @@ def test_import_from_ollama_store(legacy_pair, f16_bundle, tmp_path, monkeypatch
     assert os.stat(out / "llm-f16.gguf").st_ino == os.stat(model_blob).st_ino  # the blob, hard-linked
     assert np.abs(embeddings(out, tiny_image) - embeddings(f16_bundle, tiny_image)).max() <= 1e-3
     assert m.parity["verified"] and m.parity["answer"]["text"]
+    # exported again, the Modelfile carries Ollama's system text and parameters back
+    assert main(["export", str(out), "-o", str(tmp_path / "again")]) == 0
+    modelfile = (tmp_path / "again" / "Modelfile").read_text().splitlines()
+    assert f"SYSTEM {LLAVA_V1_SYSTEM}" in modelfile and "PARAMETER num_ctx 2048" in modelfile
+    assert modelfile.count("PARAMETER stop </s>") == 1 and "PARAMETER stop USER:" in modelfile
 
 
 def test_import_from_lm_studio_folder(legacy_pair, f16_bundle, tmp_path, tiny_image):
