@@ -143,6 +143,14 @@ def _erf(x: np.ndarray) -> np.ndarray:
     return sign * (1.0 - poly * np.exp(-a * a))
 
 
+class _Float64View:
+    def __init__(self, weights: dict[str, np.ndarray]) -> None:
+        self.weights = weights
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.weights[name].astype(np.float64)
+
+
 def _ln(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
     mu = x.mean(-1, keepdims=True)
     var = ((x - mu) ** 2).mean(-1, keepdims=True)
@@ -167,7 +175,7 @@ def reference_forward(mm: Mmproj, pixels: np.ndarray, *, mtmd: bool = False) -> 
     here because our files name their feature layer (without it mtmd also runs one block fewer).
     """
     s = mm.spec
-    w = {k: v.astype(np.float64) for k, v in mm.weights.items()}
+    w = _Float64View(mm.weights)  # converted per use: a CLIP-L mmproj would be 2.5 GB more as one float64 copy
     px = pixels.astype(np.float64)
     bsz, p, gsz, d = px.shape[0], s.patch_size, s.grid, s.width
     # non-overlapping P×P patches → (B, g², 3·P·P) · kernel (D, 3·P·P)ᵀ, patches in row-major grid order
