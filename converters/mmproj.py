@@ -160,6 +160,10 @@ def read_mmproj(path: str | Path) -> Mmproj:
     if not field_value(reader, "clip.has_llava_projector", False) or proj_type not in SUPPORTED_PROJECTORS:
         raise ConversionError(f"{p}: projector type {proj_type!r} is not supported (only LLaVA-1.5's 'mlp' "
                               "projector and the linear LLaVA-v1 projector)")
+    if field_value(reader, "clip.vision.mm_patch_merge_type") == "spatial_unpad" or \
+            field_value(reader, "clip.vision.image_grid_pinpoints"):
+        raise ConversionError(f"{p}: a LLaVA-1.6 (NeXT) mmproj (image grid, spatial_unpad); only LLaVA-1.5-style "
+                              "single-image encoders are supported")
     raw: dict[str, np.ndarray] = {}
     types: dict[str, int] = {}
     for t in reader.tensors:

@@ -127,8 +127,10 @@ def bad_files(legacy_pair, f16_checkpoint, tmp_path_factory) -> dict[str, Path]:
     (d / "llm-truncated.gguf").write_bytes(legacy_pair[0].read_bytes()[:4096])
     (d / "not-gguf.gguf").write_bytes(b"PK\x03\x04 not a gguf at all")
     ldp = rewrite_gguf(legacy_pair[1], d / "mmproj-ldp.gguf", set_={"clip.projector_type": "ldp"})
+    next_ = rewrite_gguf(legacy_pair[1], d / "mmproj-next.gguf",
+                         set_={"clip.vision.mm_patch_merge_type": "spatial_unpad"})
     return {"narrow": narrow, "truncated": d / "mmproj-truncated.gguf", "llm_truncated": d / "llm-truncated.gguf",
-            "ldp": ldp, "not_gguf": d / "not-gguf.gguf"}
+            "ldp": ldp, "not_gguf": d / "not-gguf.gguf", "next": next_}
 
 
 @pytest.mark.parametrize("case,expect", [
@@ -139,6 +141,7 @@ def bad_files(legacy_pair, f16_checkpoint, tmp_path_factory) -> dict[str, Path]:
     ("llm_truncated", "cannot read this GGUF (truncated or corrupt?"),
     ("not_gguf", "is not a GGUF file (it starts with b'PK\\x03\\x04'"),
     ("ldp", "projector type 'ldp' is not supported"),
+    ("next", "a LLaVA-1.6 (NeXT) mmproj (image grid, spatial_unpad)"),
     ("missing", "the --mmproj file does not exist"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(case, expect, legacy_pair, bad_files, tmp_path, capsys):
