@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", default=None, help="chat template name (default: from the checkpoint or "
                         "vicuna_v1)")
     parser.add_argument("--name", default=None, help="model name in the manifest (default: the output dir name)")
+    parser.add_argument("--suggest", action="append", default=None, metavar="QUESTION",
+                        help="a question this model answers well, shown to new users (repeat for several)")
     parser.add_argument("--no-verify", action="store_true", help="skip the parity check against torch")
     parser.add_argument("--no-fuse-vision", action="store_true",
                         help="ship the plain fp32 vision graph (no onnxruntime attention/LayerNorm/GELU fusion)")
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         src=args.src, out=out, quants=tuple(args.quant or ("q4_k_m",)),
         vision_dtypes=tuple(args.vision_dtype or ("fp32",)), vision_tower=args.vision_tower,
         template=args.template, name=args.name, verify=not args.no_verify, force=args.force,
-        fuse_vision=not args.no_fuse_vision,
+        fuse_vision=not args.no_fuse_vision, suggested_prompts=tuple(args.suggest or ()),
     )
     with quiet_libraries():
         result = convert(opts, show_progress=not args.quiet)

@@ -1,6 +1,7 @@
 """`llava-local info [BUNDLE] [--verify] [--json]`: what a bundle holds.
 
-Contract: prints the manifest summary (name, template, preprocessing, vision and LLM files, context, stop strings),
+Contract: prints the manifest summary (name, template, preprocessing, vision and LLM files, context, stop strings,
+the questions the bundle suggests),
 every file with its size, provenance and the converter's parity report. `--verify` re-hashes every file against the
 manifest (a mismatch is a BundleError: one line, exit 1). `--json` prints one JSON object instead. BUNDLE is a path
 or an installed model name; without it, the default model.
@@ -64,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         f"  llm             {', '.join(f'{k}={v}' for k, v in m.llm.files.items())} (default {m.llm.default})",
         f"  context         {m.llm.context_length} tokens",
         f"  stop strings    {', '.join(repr(s) for s in m.stop_strings) or '-'}",
+        *(f"  {'try asking' if i == 0 else '':<16}{s}" for i, s in enumerate(m.suggested_prompts)),
         "  files",
         *(f"    {name:<28} {_size(e['size']):>10}  sha256 {e['sha256'][:16]}…" for name, e in m.files.items()),
     ]
