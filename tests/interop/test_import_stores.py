@@ -39,7 +39,7 @@ def test_import_from_ollama_store(legacy_pair, f16_bundle, tmp_path, monkeypatch
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(manifest))
     monkeypatch.setenv("OLLAMA_MODELS", str(store))
-    assert main(["import", "ollama:tiny-llava:7b", "--quiet", "--no-fuse-vision"]) == 0
+    assert main(["import", "ollama:tiny-llava:7b", "--quiet", "--no-fuse-vision", "--vision-dtype", "fp16"]) == 0
     from llava_local.paths import models_dir
 
     out = models_dir() / "tiny-llava-7b"  # no -o / --name: the models dir under the source's own name
@@ -54,6 +54,7 @@ def test_import_from_ollama_store(legacy_pair, f16_bundle, tmp_path, monkeypatch
     assert os.stat(out / "llm-f16.gguf").st_ino == os.stat(model_blob).st_ino  # the blob, hard-linked
     assert np.abs(embeddings(out, tiny_image) - embeddings(f16_bundle, tiny_image)).max() <= 1e-3
     assert m.parity["verified"] and m.parity["answer"]["text"]
+    assert m.vision.default == "fp16" and m.parity["vision"]["fp16"]["cosine"] > 0.999  # fp16 checked too
     # exported again, the Modelfile carries Ollama's system text and parameters back
     assert main(["export", str(out), "-o", str(tmp_path / "again")]) == 0
     modelfile = (tmp_path / "again" / "Modelfile").read_text().splitlines()
