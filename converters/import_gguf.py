@@ -150,7 +150,7 @@ def _choose(opts: ImportOptions, src: Source, info: LLMInfo, mm_mode: str | None
     """(template, preprocess mode, what was assumed) in order: flag, our own keys, metadata, LLaVA-1.5 default."""
     template = (opts.template or (info.our_template if info.our_template in TEMPLATES else None)
                 or detect_template(src.template) or detect_template(info.chat_template))
-    if template == "vicuna_v1" and src.system == TEMPLATES["llava_v1"].system:
+    if template == "vicuna_v1" and not opts.template and src.system == TEMPLATES["llava_v1"].system:
         template = "llava_v1"  # one layout; Ollama's SYSTEM tells the two apart
     mode = opts.preprocess or (mm_mode if mm_mode in ("pad", "crop") else None)
     assumed = []
