@@ -40,7 +40,7 @@ from llava_local.manifest import LLM_FTYPES, VISION_DTYPES, LLMSpec, Manifest, V
 from llava_local.preprocess import PreprocessConfig
 from llava_local.templates import TEMPLATES, Turn, get_template, text_chunks
 
-from .bundle import VISION_FILES, Progress, _prepare_target, _publish, llm_file
+from .bundle import VISION_FILES, Progress, _prepare_target, _publish, _Step, llm_file
 from .mmproj import field_value, open_gguf, read_mmproj
 from .sources import Source, resolve_source
 
@@ -95,6 +95,18 @@ class LLMInfo:
     bos: int | None
     eos: int | None
     name: str
+
+
+class ImportProgress(Progress):
+    """`convert`'s progress lines, labelled `import [2/5] ...`."""
+
+    def step(self, what: str) -> _Step:
+        self.n += 1
+        return _Step(self, f"import [{self.n}/{self.total}] {what}")
+
+    def note(self, msg: str) -> None:
+        if self.enabled:
+            print(f"import    {msg}", file=self.stream, flush=True)
 
 
 def resolve(opts: ImportOptions) -> Source:
@@ -220,7 +232,7 @@ def import_pair(opts: ImportOptions, *, show_progress: bool = True,
     target = _prepare_target(opts.out, opts.force)
     quant = opts.quant or info.file_type
     extra_vision = [d for d in dict.fromkeys(opts.vision_dtypes) if d != "fp32"]
-    progress = Progress(3 + len(extra_vision) + int(opts.fuse_vision) + int(opts.verify), enabled=show_progress)
+    progress = ImportProgress(3 + len(extra_vision) + int(opts.fuse_vision) + int(opts.verify), enabled=show_progress)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         pixels = sample_pixels(preprocess)
@@ -248,8 +260,11 @@ def import_pair(opts: ImportOptions, *, show_progress: bool = True,
         if opts.fuse_vision:
             hook("vision-fuse")
             with progress.step("vision.onnx: fuse attention, LayerNorm, GELU (onnxruntime.transformers)"):
-                build["vision_fusion"] = vision_onnx.fuse_fp32(tmp / VISION_FILES["fp32"], spec.heads, spec.width,
-                                                               pixels)
+                fusion = vision_onnx.fuse_fp32(tmp / VISION_FILES["fp32"], spec.heads, spec.width, pixels)
+                build["vision_fusion"] = fusion
+                ops = ", ".join(f"{n} {k}" for k, n in fusion["ops"].items()) or "nothing fused"
+                progress.note(f"fused graph: {ops}; max|Δ| vs plain {fusion['max_abs_vs_plain']:.1e}"
+                              + ("" if fusion["fused"] else " (kept the plain graph)"))
         hook("llm")
         llm_name = llm_file(quant)
         if opts.quant is not None and opts.quant != info.file_type:
