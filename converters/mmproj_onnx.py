@@ -171,8 +171,8 @@ def reference_forward(mm: Mmproj, pixels: np.ndarray, *, mtmd: bool = False) -> 
     `mtmd=True` computes what llama.cpp's libmtmd (llama-cpp-python 0.3.36) computes instead, to explain its
     output: the class embedding is appended after the patches while the position rows stay in order (patch i
     gets CLS's position i, CLS gets the last one), the rows kept are 1..N (patch 0 dropped, CLS fed as the last
-    image token), and the projector's GELU is the tanh approximation (`ggml_gelu`). The block count is the same
-    here because our files name their feature layer (without it mtmd also runs one block fewer).
+    image token), and the projector's GELU is the tanh approximation (`ggml_gelu`). A file that names no feature
+    layer (community files) also runs one block fewer there than the file holds (llama.cpp issue #25817).
     """
     s = mm.spec
     w = _Float64View(mm.weights)  # converted per use: a CLIP-L mmproj would be 2.5 GB more as one float64 copy
@@ -185,7 +185,8 @@ def reference_forward(mm: Mmproj, pixels: np.ndarray, *, mtmd: bool = False) -> 
     x = np.concatenate([x, cls] if mtmd else [cls, x], axis=1) + w["pos_embd"][None]
     x = _ln(x, w["pre_ln.weight"], w["pre_ln.bias"], s.eps)
     heads, hd = s.heads, d // s.heads
-    for i in range(s.blocks):
+    blocks = s.blocks - 1 if mtmd and s.feature_layer is None else s.blocks
+    for i in range(blocks):
         b = f"blk.{i}."
         h = _ln(x, w[b + "ln1.weight"], w[b + "ln1.bias"], s.eps)
         q, k, v = ((h @ w[b + f"attn_{n}.weight"].T + w[b + f"attn_{n}.bias"])

@@ -55,7 +55,7 @@ def _libmtmd_available() -> bool:
 
 
 @pytest.mark.skipif(not _libmtmd_available(), reason="this llama-cpp-python has no libmtmd")
-def test_exported_mmproj_runs_in_libmtmd(exported, tiny_image):
+def test_exported_mmproj_runs_in_libmtmd(exported, tiny_image, tmp_path):
     """libmtmd loads our mmproj and encodes an image; its output is what its LLaVA graph computes (CLS appended
     last, patch 0 dropped, tanh GELU), not what LLaVA computes: measured against both."""
     from PIL import Image
@@ -76,6 +76,15 @@ def test_exported_mmproj_runs_in_libmtmd(exported, tiny_image):
     quirks = reference_forward(mm, pixels, mtmd=True)[0]
     assert np.abs(got - quirks).max() <= 5e-3 * max(1.0, float(np.abs(quirks).max()))  # F16 matmuls in ggml
     assert cosine(got[None], llava[None]) < 0.9  # the CLS-order bug moves every token
+    # A community file names no feature layer: mtmd then also runs one block fewer than the file holds.
+    from interop_helpers import rewrite_gguf
+
+    bare = rewrite_gguf(exported / "mmproj-model-f16.gguf", tmp_path / "mmproj-bare.gguf",
+                        drop=("clip.vision.feature_layer", "llava_local."))
+    got = mtmd_embeddings(bare, exported / "tiny16-f16.gguf", rgb)
+    short = reference_forward(read_mmproj(bare), pixels, mtmd=True)[0]
+    assert np.abs(got - short).max() <= 5e-3 * max(1.0, float(np.abs(short).max()))
+    assert np.abs(short - quirks).max() > 1e-2  # ...which is a different output
 
 
 def load_manifest_from(exported: Path):
