@@ -19,6 +19,8 @@ is one of `GO_TEMPLATES`, Go `text/template` text that renders the same prompt a
 (`.Role`, `.Content`, `.Images`). Ollama puts one `[img-N]` marker per image in front of the user's text, N counting
 images over the whole conversation; our templates put `<image>\\n` per image there, so the Go templates re-emit each
 marker followed by a newline (a marker written by the user as `[img]` inside the text is left where it is).
+`template_for_ollama(go_template, system)` maps an Ollama model's template back to one of ours (exact for our
+own Modelfiles, by role markers otherwise).
 """
 
 from __future__ import annotations
@@ -250,6 +252,33 @@ GO_TEMPLATES: dict[str, str] = {
                 + ' [/INST]{{ else if eq .Role "assistant" }} {{ .Content }} </s>{{ end }}{{ end }}'),
 }
 GO_TEMPLATES["llava_v1"] = GO_TEMPLATES["vicuna_v1"]  # same layout; the system text differs (SYSTEM line)
+
+
+# Markers of a foreign Go template -> the llava-local template with that layout (first match wins).
+GO_TEMPLATE_MARKERS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("<|im_start|>",), "chatml"),
+    (("[INST]",), "llama_2"),
+    (("USER:", "ASSISTANT:"), "vicuna_v1"),
+)
+
+
+def template_for_ollama(go_template: str | None, system: str | None = None) -> str | None:
+    """The llava-local template an Ollama model's Go template (and SYSTEM text) stands for; None if unknown.
+
+    Our own Modelfiles round-trip exactly (vicuna_v1 and llava_v1 share a Go template and differ by SYSTEM);
+    other templates are recognised by their role markers, which say the layout but not every separator.
+    """
+    from llava_local.templates import get_template
+
+    if not go_template:
+        return None
+    for name, text in GO_TEMPLATES.items():
+        if go_template.strip() == text.strip() and (name != "vicuna_v1" or system != get_template("llava_v1").system):
+            return name
+    for markers, name in GO_TEMPLATE_MARKERS:
+        if all(m in go_template for m in markers):
+            return name
+    return None
 
 
 def _modelfile_value(value: str) -> str:

@@ -226,3 +226,16 @@ def test_modelfile_quotes_values_ollama_would_misread():
     assert [v for c, v in commands if c.startswith("parameter")] == ["\n", "1"]  # `stop` comes from the argument
     with pytest.raises(Exception, match="unknown chat template"):
         render_modelfile("a", "b", "nope", [], {})
+
+
+def test_template_for_ollama():
+    from converters.sources import template_for_ollama
+
+    for name in ("vicuna_v1", "llava_v1", "chatml", "plain", "llama_2"):
+        commands = dict(parse_modelfile(render_modelfile("a.gguf", "b.gguf", name, [], {})))
+        assert template_for_ollama(commands["template"], commands.get("system")) == name
+    # foreign templates by their role markers
+    assert template_for_ollama(GO_TEMPLATE, "Be brief.") == "vicuna_v1"
+    assert template_for_ollama("{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}") \
+        == "chatml"
+    assert template_for_ollama("{{ .Prompt }}") is None and template_for_ollama(None) is None
