@@ -60,10 +60,11 @@ class _Graph:
         return self.op("Mul", [x, self.op("Sigmoid", [self.op("Mul", [x, k])])])
 
     def gelu(self, x: str, name: str) -> str:
-        inv_sqrt2 = self.const(f"{name}.inv_sqrt2", np.array(1 / math.sqrt(2), np.float32))
+        # x / √2 as a Div, as torch exports it: onnxruntime's Gelu fusion matches that pattern (not Mul by 1/√2)
+        sqrt2 = self.const(f"{name}.sqrt2", np.array(math.sqrt(2), np.float32))
         one = self.const(f"{name}.one", np.array(1.0, np.float32))
         half = self.const(f"{name}.half", np.array(0.5, np.float32))
-        erf = self.op("Erf", [self.op("Mul", [x, inv_sqrt2])])
+        erf = self.op("Erf", [self.op("Div", [x, sqrt2])])
         return self.op("Mul", [self.op("Mul", [x, self.op("Add", [erf, one])]), half])
 
 
