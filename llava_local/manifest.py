@@ -27,6 +27,13 @@ MANIFEST_NAME = "manifest.json"
 
 # Quantizations the converter can write, in the order `info` lists them (name → llama.cpp ftype).
 LLM_QUANTS = {"f32": 0, "f16": 1, "q8_0": 7, "q6_k": 18, "q5_k_m": 17, "q4_k_m": 15, "q4_0": 2}
+# Every llama.cpp file type a bundle may hold (`llava-local import` keeps a community GGUF as it is); values are
+# llama.h's LLAMA_FTYPE_* (3-6 and 33-35 are gone from llama.cpp).
+LLM_FTYPES = {**LLM_QUANTS, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13,
+              "q4_k_s": 14, "q5_k_s": 16, "iq2_xxs": 19, "iq2_xs": 20, "q2_k_s": 21, "iq3_xs": 22, "iq3_xxs": 23,
+              "iq1_s": 24, "iq4_nl": 25, "iq3_s": 26, "iq3_m": 27, "iq2_s": 28, "iq2_m": 29, "iq4_xs": 30,
+              "iq1_m": 31, "bf16": 32, "tq1_0": 36, "tq2_0": 37, "mxfp4_moe": 38, "nvfp4": 39, "q1_0": 40,
+              "q2_0": 41}
 VISION_DTYPES = ("fp32", "fp16", "int8")
 
 
@@ -46,7 +53,7 @@ class VisionSpec:
 class LLMSpec:
     """The GGUF language model(s)."""
 
-    files: dict[str, str]  # quant name (see LLM_QUANTS) → file name in the bundle
+    files: dict[str, str]  # quant name (see LLM_FTYPES) → file name in the bundle
     default: str
     context_length: int
 
@@ -137,7 +144,7 @@ class Manifest:
     def _check(self, where: str) -> None:
         if self.template not in TEMPLATES:
             raise BundleError(f"{where}: unknown chat template {self.template!r}; known: {sorted(TEMPLATES)}")
-        for kind, spec, allowed in (("vision", self.vision, VISION_DTYPES), ("llm", self.llm, tuple(LLM_QUANTS))):
+        for kind, spec, allowed in (("vision", self.vision, VISION_DTYPES), ("llm", self.llm, tuple(LLM_FTYPES))):
             if not spec.files:
                 raise BundleError(f"{where}: no {kind} file listed")
             if spec.default not in spec.files:

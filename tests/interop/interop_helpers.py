@@ -1,0 +1,34 @@
+"""Helpers of the interop tests (a module of its own so test modules can import them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def rewrite_gguf(src: Path, dst: Path, drop: tuple[str, ...] = (), set_: dict[str, Any] | None = None) -> Path:
+    """Copy `src` to `dst` without the keys starting with any of `drop`, with `set_` string keys overridden."""
+    import gguf
+
+    r = gguf.GGUFReader(str(src))
+    arch = r.fields["general.architecture"].contents()
+    w = gguf.GGUFWriter(str(dst), arch=arch, use_temp_file=False)
+    set_ = dict(set_ or {})
+    for name, f in r.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture" or name.startswith(drop):
+            continue
+        if name in set_:
+            w.add_string(name, set_.pop(name))
+            continue
+        vtype = f.types[0]
+        sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(name, f.contents(), vtype, sub_type=sub)
+    for name, value in set_.items():
+        w.add_string(name, value)
+    for t in r.tensors:
+        w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
