@@ -164,8 +164,9 @@ def run_main(body: Callable[[], int | None]) -> int:
     """Run `body()` with the edges above handled; returns the process exit code."""
     _reserve_std_fds()
     saved_out, saved_err = sys.stdout, sys.stderr
+    null_err = None
     if sys.stderr is None:  # print(file=None) would go to stdout
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        null_err = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - closed below
     sys.stdout = _GuardedOutput(saved_out)  # type: ignore[assignment]
     try:
         with _sigterm_raises():
@@ -202,4 +203,6 @@ def run_main(body: Callable[[], int | None]) -> int:
                 raise e
     finally:
         sys.stdout, sys.stderr = saved_out, saved_err
+        if null_err is not None:
+            null_err.close()
 
