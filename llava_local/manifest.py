@@ -27,6 +27,7 @@ MANIFEST_NAME = "manifest.json"
 
 # Quantizations the converter can write, in the order `info` lists them (name → llama.cpp ftype).
 LLM_QUANTS = {"f32": 0, "f16": 1, "q8_0": 7, "q6_k": 18, "q5_k_m": 17, "q4_k_m": 15, "q4_0": 2}
+DEFAULT_LLM_QUANT = "q4_k_m"  # what `llava-local convert` writes when no --quant is named
 VISION_DTYPES = ("fp32", "fp16", "int8")
 
 
