@@ -79,13 +79,29 @@ def test_llama_cpp_logits_match_transformers(f32_gguf):
     ids = list(tok(t.to_string(t.render(TEXT_PROMPTS[1]))).input_ids)
     with torch.no_grad():
         want = llm(torch.tensor([ids])).logits[0].numpy()
-    with Engine(path, n_ctx=256, n_batch=16) as run:  # several chunks: rows copied out after each decode
+    with Engine(path, n_ctx=256) as run:
         got = run.decode_tokens(ids, logits="all")
-        last = run.logits()
-    assert got.shape == (len(ids), run.n_vocab) and len(ids) > 16
-    assert np.array_equal(last, got[-1])
+    assert got.shape == (len(ids), run.n_vocab)
     assert np.abs(got - want).max() < 2e-2
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.98
+
+
+def test_all_logits_across_chunks_match_one_token_at_a_time(f32_gguf):
+    """`decode_tokens(ids, logits="all")` in chunks of n_batch: row i is position i's logits, as decoding the ids one
+    by one gives them (a row taken from the wrong chunk or position is off by whole logits, not 1e-3)."""
+    _, path = f32_gguf
+    ids = [1] + [3 + (i * 7919) % 400 for i in range(60)]
+    with Engine(path, n_ctx=128, n_batch=16) as run:  # 4 chunks, the last one short
+        got = run.decode_tokens(ids, logits="all")
+        last, n_past = run.logits(), run.n_past
+    with Engine(path, n_ctx=128) as run:
+        steps = []
+        for t in ids:
+            run.decode_tokens([t])
+            steps.append(run.logits())
+    assert got.shape == (len(ids), len(steps[0])) and n_past == len(ids)
+    assert np.array_equal(last, got[-1])
+    assert np.abs(got - np.stack(steps)).max() < 1e-2
 
 
 def test_unpermuted_rope_breaks_logits(f32_gguf, tmp_path, monkeypatch):
