@@ -38,15 +38,24 @@ from .textstream import TextStream
 ImageSource = str | os.PathLike[str] | bytes
 
 
+def check_image_file(source: ImageSource) -> Path | None:
+    """The path of an image file source (None for bytes), or ImageError if there is no such file. Reads nothing:
+    the CLI calls it before loading the model so a typo costs no load time; `ask` then reads and decodes once."""
+    if isinstance(source, bytes):
+        return None
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ImageError(f"image not found: {source}" if not path.exists() else f"not a file: {source}")
+    return path
+
+
 def _read_image(source: ImageSource, model: Model) -> tuple[str, npt.NDArray[np.float32]]:
     """(image_id, pixels[1,3,S,S]) or ImageError naming the file."""
-    if isinstance(source, bytes):
+    path = check_image_file(source)
+    if path is None:
         data, name = source, "<bytes>"
     else:
-        path = Path(source).expanduser()
         name = str(source)
-        if not path.is_file():
-            raise ImageError(f"image not found: {name}" if not path.exists() else f"not a file: {name}")
         try:
             data = path.read_bytes()
         except OSError as e:
