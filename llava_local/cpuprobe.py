@@ -1,10 +1,18 @@
 """Can llama.cpp's extra CPU buffer types (weight repacking, AMX) run on this machine?
 
+`use_extra_bufts` (llama_model_params) switches all of ggml-cpu's extra buffer types at once: AMX (only in builds
+compiled with AMX, whose system info says `AMX_INT8 = 1`) and CPU_REPACK (`REPACK = 1`: quantized weights
+interleaved for the AVX2/AVX-512/NEON GEMM kernels, the same instructions the plain kernels use). llama.cpp
+0.3.36 has no switch for one of them alone: a `tensor_buft_overrides` entry puts a tensor in a buffer type without
+asking whether that type can hold it, and CPU_REPACK dereferences a null pointer for a tensor it cannot repack.
+
 Some virtual machines advertise AMX in CPUID but fault on AMX instructions; llama.cpp then dies with SIGILL on the
 first quantized matmul, which no Python code can catch. Contract: `extra_buffers_ok(gguf, quant) -> bool`.
-Only CPUs that advertise AMX are probed: a child process loads the model with the extra buffer types and decodes
-two tokens; a crash means "no". The answer is cached per (CPU flags, llama-cpp-python version, quant) in the
-cache dir, so the probe runs once per machine and quantization. `LLAVA_LOCAL_REPACK=0|1` forces the answer.
+Probed only where that can happen, a CPU that advertises AMX running a build with AMX: a child process loads the
+model with the extra buffer types and decodes two tokens; a crash means "no" (and then repacking is off too).
+Everywhere else the extra buffer types are CPU_REPACK alone and on (`make bench` measures on vs off). The answer
+is cached per (CPU flags, llama-cpp-python version, quant) in the cache dir, so the probe runs once per machine
+and quantization. `LLAVA_LOCAL_REPACK=0|1` forces the answer.
 """
 
 from __future__ import annotations
@@ -45,13 +53,20 @@ def _cpu_flags() -> str:
     return ""
 
 
+def build_has_amx() -> bool:
+    """Whether this llama.cpp build has ggml's AMX buffer type (compiled with AMX-INT8)."""
+    import llama_cpp
+
+    return "AMX_INT8 = 1" in (llama_cpp.llama_print_system_info() or b"").decode(errors="replace")
+
+
 def extra_buffers_ok(gguf: Path, quant: str) -> bool:
     forced = os.environ.get(REPACK_ENV)
     if forced in ("0", "1"):
         return forced == "1"
     flags = _cpu_flags()
-    if "amx_tile" not in flags.split():
-        return True
+    if "amx_tile" not in flags.split() or not build_has_amx():
+        return True  # no AMX buffer type can be chosen: CPU_REPACK only, which uses the plain kernels' ISA
     import llama_cpp
 
     key = hashlib.sha256(f"{flags}|{llama_cpp.__version__}|{quant}".encode()).hexdigest()[:32]
