@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llava_local import __version__
-from llava_local.errors import ConversionError
+from llava_local.errors import BundleError, ConversionError
 from llava_local.manifest import (
     DEFAULT_LLM_QUANT,
     LLM_QUANTS,
@@ -33,6 +33,7 @@ from llava_local.manifest import (
     Manifest,
     VisionSpec,
     file_entry,
+    parse_suggested_prompts,
     write_manifest,
 )
 from llava_local.templates import get_template
@@ -57,6 +58,7 @@ class ConvertOptions:
     force: bool = False
     n_tokens: int = 16  # greedy answer length compared during verification
     fuse_vision: bool = True  # ORT transformer fusions in the shipped fp32 vision.onnx (see vision_onnx.fuse_fp32)
+    suggested_prompts: tuple[str, ...] = ()  # questions the chat app and `info` show to a new user
 
     def __post_init__(self) -> None:
         bad = [q for q in self.quants if q not in LLM_QUANTS]
@@ -65,6 +67,10 @@ class ConvertOptions:
         bad = [d for d in self.vision_dtypes if d not in VISION_DTYPES]
         if bad or not self.vision_dtypes:
             raise ConversionError(f"unknown --vision-dtype {bad}; choose from {', '.join(VISION_DTYPES)}")
+        try:
+            parse_suggested_prompts(list(self.suggested_prompts), "--suggest")
+        except BundleError as e:
+            raise ConversionError(str(e)) from None
 
 
 @dataclass
@@ -264,6 +270,7 @@ def _manifest(opts: ConvertOptions, ckpt: Any, target: Path, tmp: Path, vision_f
                           embed_dim=ckpt.embed_dim),
         llm=LLMSpec(files=llm_files, default=llm_default, context_length=int(ckpt.context_length)),
         template=ckpt.template,
+        suggested_prompts=tuple(opts.suggested_prompts),
         stop_strings=template.stop_strings,
         files={n: entries[n] if n in entries else entries.setdefault(n, file_entry(tmp / n)) for n in names},
         provenance=provenance,

@@ -1,8 +1,8 @@
 """`llava-local convert SRC -o BUNDLE`: a LLaVA checkpoint → an offline bundle (ONNX vision + GGUF LLM).
 
-Contract (the CLI's COMMANDS table): `add_arguments(parser)` and `run(args) -> int`. Heavy imports (torch,
-transformers, onnx, gguf) happen inside `run`. Exit 0 with the bundle path on stdout; user mistakes and failed
-parity raise `ConversionError`, which `llava_local.cli.main` prints as one line (exit 1).
+Contract (a `llava_local.commands` entry point): `HELP`, `EXTRA`, `add_arguments(parser)` and `run(args) -> int`.
+Heavy imports (torch, transformers, onnx, gguf) happen inside `run`. Exit 0 with the bundle path on stdout; user
+mistakes and failed parity raise `ConversionError`, which `llava_local.cli.main` prints as one line (exit 1).
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llava_local.manifest import DEFAULT_LLM_QUANT, LLM_QUANTS, VISION_DTYPES
+
+HELP = "convert a LLaVA checkpoint into a bundle (needs the [convert] extra)"
+EXTRA = "convert"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", default=None, help="chat template name (default: from the checkpoint or "
                         "vicuna_v1)")
     parser.add_argument("--name", default=None, help="model name in the manifest (default: the output dir name)")
+    parser.add_argument("--suggest", action="append", default=None, metavar="QUESTION",
+                        help="a question this model answers well, shown to new users (repeat for several)")
     parser.add_argument("--no-verify", action="store_true", help="skip the parity check against torch")
     parser.add_argument("--no-fuse-vision", action="store_true",
                         help="ship the plain fp32 vision graph (no onnxruntime attention/LayerNorm/GELU fusion)")
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         src=args.src, out=out, quants=tuple(args.quant or (DEFAULT_LLM_QUANT,)),
         vision_dtypes=tuple(args.vision_dtype or ("fp32",)), vision_tower=args.vision_tower,
         template=args.template, name=args.name, verify=not args.no_verify, force=args.force,
-        fuse_vision=not args.no_fuse_vision,
+        fuse_vision=not args.no_fuse_vision, suggested_prompts=tuple(args.suggest or ()),
     )
     with quiet_libraries():
         result = convert(opts, show_progress=not args.quiet)

@@ -52,6 +52,7 @@ class ModelInfo:
     tokens_per_image: int
     bundle: str
     n_threads: int
+    suggested_prompts: tuple[str, ...] = ()  # from the manifest: what a new user could ask
 
 
 def _llm_backend(gpu: bool) -> str:
@@ -140,6 +141,7 @@ class Model:
             name=manifest.name, quant=self.quant, llm_backend=_llm_backend(gpu), vision_backend=self.vision.backend,
             context_length=self.engine.n_ctx, vision_dtype=self.vision_dtype,
             tokens_per_image=manifest.vision.tokens_per_image, bundle=str(bundle_dir), n_threads=threads,
+            suggested_prompts=manifest.suggested_prompts,
         )
         self.kv: list[Any] = []  # one key per KV position: token id (int) or (image_id, row)
         self.owner: object | None = None  # the ChatSession whose conversation is in the KV cache

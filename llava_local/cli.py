@@ -1,80 +1,78 @@
-"""`llava-local` command line: a thin layer over the runtime, converters, training and TUI.
+"""`llava-local` command line: a thin dispatcher over the commands that installed packages register.
 
-Contract: `main(argv) -> int`. User mistakes (`LlavaLocalError`) print one line on stderr and return a
-non-zero code; nothing a user can type produces a traceback. Commands whose code needs torch or textual
-live in other packages and are imported only when that command runs, so `import llava_local.cli` (and
-`llava-local --help`) stays light and torch-free.
+Contract: `main(argv) -> int`. Subcommands are entry points in the group `llava_local.commands` (see
+`llava_local.plugins`): the runtime ships `chat` and `info`; `converters`, `training`, `tui`, `serve` register theirs
+in their own `pyproject` entries, so this module names none of them. A command module exposes `HELP` (one line),
+`add_arguments(parser)` and `run(args) -> int`. Only the command being run is imported (all of them for the
+top-level help), and command modules keep torch & co. inside `run`, so `llava-local --help` stays light.
 
-A command module exposes `add_arguments(parser)` and `run(args) -> int`.
+User mistakes (`LlavaLocalError`) print one line on stderr and return their exit code; a command whose optional
+dependencies are missing says which extra to install; nothing a user can type produces a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
 from . import __version__
 from .errors import LlavaLocalError
+from .plugins import Plugin, import_module_of, load_plugin, missing_extras, module_extras, plugins
 
-# name → (module, one-line help). Modules are imported only when their command runs.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "chat": ("llava_local.commands.chat", "chat about images: the terminal app, or one answer with --prompt"),
-    "info": ("llava_local.commands.info", "show a bundle's manifest, files and parity report"),
-    "convert": ("converters.cli", "convert a LLaVA checkpoint into a bundle (needs the [convert] extra)"),
-    "train": ("training.cli", "train LLaVA stage 1 / stage 2 from a YAML config (needs the [train] extra)"),
-    "data": ("training.datagen.cli", "make visual-instruction data: pretrain captions, generate, synthetic world"),
-    "eval": ("training.eval_cli", "evaluate a bundle on held-out synthetic scenes"),
-}
+COMMAND_GROUP = "llava_local.commands"
 
 
-def _load(module: str):
+def _help_of(plugin: Plugin) -> str:
+    """The command's one-line help, followed by what to install when its extra is missing."""
     try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        missing = (e.name or "").split(".")[0]
-        if missing in {"torch", "transformers", "onnx", "gguf", "sentencepiece", "safetensors", "yaml", "peft"}:
-            raise LlavaLocalError(
-                f"this command needs {missing}: install the extras with `pip install 'llava-local[convert,train]'`"
-            ) from None
-        if e.name and module.startswith(e.name):
-            raise LlavaLocalError(f"this installation has no {module.split('.')[0]} package for this command") from None
-        raise
+        module = import_module_of(plugin)
+    except LlavaLocalError as e:
+        return f"(unavailable: {e})"
+    lacking = missing_extras(plugin, module)
+    needs = "".join(f" (unavailable: pip install '{plugin.dist}[{extra}]')" for extra in lacking)
+    return str(getattr(module, "HELP", "")) + needs
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The top-level parser; only `command`'s module is imported to add its arguments."""
-    parser = argparse.ArgumentParser(
-        prog="llava-local", description="LLaVA on your own machine, offline.",
-    )
+    """The top-level parser. With `command`, only that command's module is imported (to add its arguments);
+    without one, every command's module is imported for its help line."""
+    parser = argparse.ArgumentParser(prog="llava-local", description="LLaVA on your own machine, offline.")
     parser.add_argument("--version", action="version", version=f"llava-local {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, plugin in plugins(COMMAND_GROUP).items():
+        if command is not None and name != command:
+            sub.add_parser(name)  # listed so argparse accepts it; never shown (help is printed only without a command)
+            continue
+        help_text = _help_of(plugin)
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:
-            _load(module).add_arguments(p)
+            load_plugin(plugin).add_arguments(p)
     return parser
 
 
-def _command_of(argv: Sequence[str]) -> str | None:
+def _command_of(argv: Sequence[str], known: Sequence[str]) -> str | None:
     for arg in argv:
         if not arg.startswith("-"):
-            return arg if arg in COMMANDS else None
+            return arg if arg in known else None
     return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = _command_of(argv)
     try:
+        commands = plugins(COMMAND_GROUP)
+        command = _command_of(argv, list(commands))
         parser = build_parser(command)
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
-        return int(_load(COMMANDS[args.command][0]).run(args) or 0)
+        plugin = commands[args.command]
+        command_module = load_plugin(plugin)
+        with plugin.missing_extra_errors(module_extras(command_module)):
+            return int(command_module.run(args) or 0)
     except LlavaLocalError as e:
         print(f"llava-local: error: {e}", file=sys.stderr)
         return e.exit_code

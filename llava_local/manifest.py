@@ -62,6 +62,7 @@ class Manifest:
     stop_strings: tuple[str, ...]
     files: dict[str, dict[str, Any]]  # file name → {"sha256": str, "size": int}
     system_prompt: str | None = None  # overrides the template's system text when set
+    suggested_prompts: tuple[str, ...] = ()  # questions this model answers well, shown to a new user
     provenance: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -83,6 +84,7 @@ class Manifest:
                     "context_length": self.llm.context_length},
             "template": self.template,
             "system_prompt": self.system_prompt,
+            "suggested_prompts": list(self.suggested_prompts),
             "stop_strings": list(self.stop_strings),
             "files": {k: dict(v) for k, v in self.files.items()},
             "provenance": self.provenance,
@@ -115,6 +117,7 @@ class Manifest:
                             context_length=int(m["context_length"])),
                 template=str(d["template"]),
                 system_prompt=d.get("system_prompt"),
+                suggested_prompts=parse_suggested_prompts(d.get("suggested_prompts", ()), where),
                 stop_strings=tuple(str(s) for s in d.get("stop_strings", ())),
                 files={str(k): {"sha256": str(f["sha256"]), "size": int(f["size"])} for k, f in d["files"].items()},
                 provenance=dict(d.get("provenance", {})),
@@ -147,6 +150,23 @@ class Manifest:
                     raise BundleError(f"{where}: file names must be plain names inside the bundle, not {fname!r}")
         if self.vision.tokens_per_image <= 0 or self.vision.embed_dim <= 0 or self.llm.context_length <= 0:
             raise BundleError(f"{where}: tokens_per_image, embed_dim and context_length must be positive")
+
+
+MAX_SUGGESTED = 8  # prompts, each at most MAX_SUGGESTED_CHARS: a hint list, not a prompt library
+MAX_SUGGESTED_CHARS = 200
+
+
+def parse_suggested_prompts(value: Any, where: str) -> tuple[str, ...]:
+    """The optional `suggested_prompts`: a short list of short, non-empty, single-line strings."""
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_SUGGESTED:
+        raise BundleError(f"{where}: suggested_prompts must be a list of at most {MAX_SUGGESTED} strings")
+    out = []
+    for s in value:
+        if not isinstance(s, str) or not s.strip() or len(s) > MAX_SUGGESTED_CHARS or not s.isprintable():
+            raise BundleError(f"{where}: each suggested prompt must be one printable line of 1 to "
+                              f"{MAX_SUGGESTED_CHARS} characters, not {str(s)[:40]!r}")
+        out.append(s.strip())
+    return tuple(out)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -1,8 +1,8 @@
 """`llava-local train CONFIG [key=value ...] [--dry-run] [--resume]`: LLaVA stage 1 / stage 2 training.
 
-Contract (the `llava_local.cli` command protocol): `add_arguments(parser)` and `run(args) -> int`. CONFIG is a
-YAML path or a preset name from `training/configs` (tiny-stage1, llava-1.5-stage2, ...). Overrides use dotted
-keys: `optim.lr=1e-4 data.json=/data/llava_v1_5_mix665k.json train.out_dir=runs/s2`. Under torchrun the same
+Contract (a `llava_local.commands` entry point): `HELP`, `EXTRA`, `add_arguments(parser)` and `run(args) -> int`.
+CONFIG is a YAML path or a preset name from `training/configs` (tiny-stage1, llava-1.5-stage2, ...). Overrides use
+dotted keys: `optim.lr=1e-4 data.json=/data/llava_v1_5_mix665k.json train.out_dir=runs/s2`. Under torchrun the same
 command runs FSDP2 over all processes (`torchrun --nproc-per-node 8 -m llava_local.cli train ...`).
 Configuration mistakes raise `UsageError` (one line on stderr, exit 2).
 """
@@ -10,6 +10,9 @@ Configuration mistakes raise `UsageError` (one line on stderr, exit 2).
 from __future__ import annotations
 
 import argparse
+
+HELP = "train LLaVA stage 1 / stage 2 from a YAML config (needs the [train] extra)"
+EXTRA = "train"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

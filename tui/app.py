@@ -39,6 +39,7 @@ from .widgets.conversation import Conversation
 from .widgets.image_chip import ImageChip
 from .widgets.prompt import PromptInput
 from .widgets.status import StatusBar
+from .widgets.suggestions import Suggestions
 
 
 @dataclass
@@ -130,6 +131,11 @@ class LlavaApp(CommandsMixin, App[int]):
         return self.query_one(StatusBar)
 
     @property
+    def suggested_prompts(self) -> tuple[str, ...]:
+        """What the loaded model's manifest suggests asking (shown on an empty conversation)."""
+        return tuple(getattr(getattr(self.model, "info", None), "suggested_prompts", ()) or ())
+
+    @property
     def busy(self) -> bool:
         return self._busy
 
@@ -194,6 +200,8 @@ class LlavaApp(CommandsMixin, App[int]):
                 conv.add_user(m.text, [(r.name, self.store.image_path(r)) for r in m.images])
             else:
                 conv.add_assistant(m.text, stats_line(m.stats, m.stop_reason))
+        if not history:
+            conv.show_suggestions(self.suggested_prompts)
         used = getattr(self.session, "context_used", 0)
         self.status.set(state="ready", context_used=used)
         if session_id is not None:
@@ -216,6 +224,12 @@ class LlavaApp(CommandsMixin, App[int]):
             self.send(commands.prompt_text(text))
         except LlavaLocalError as e:
             self.notify(str(e), severity="error")
+
+    @on(Suggestions.Chosen)
+    def _suggestion_chosen(self, event: Suggestions.Chosen) -> None:
+        prompt = self.query_one(PromptInput)
+        prompt.set_text(event.text)
+        prompt.focus()
 
     @on(PromptInput.ImagesPasted)
     def _pasted(self, event: PromptInput.ImagesPasted) -> None:
@@ -264,6 +278,7 @@ class LlavaApp(CommandsMixin, App[int]):
         self.pending_images = []
         self._show_pending()
         self.query_one(PromptInput).set_text("")
+        self.conversation.hide_suggestions()
         self.conversation.add_user(text, [(r.name, self.store.image_path(r)) for r in user.images])
         turn = self.conversation.add_assistant()
         self._run(_Pending(user, turn, regenerate=False, prompt=text))

@@ -63,6 +63,7 @@ class CommandsMixin(_Base):
             self.session.clear()
         self.session_id, self.history, self.sub_title = None, [], ""
         self.conversation.remove_children()
+        self.conversation.show_suggestions(self.suggested_prompts)
         self.status.set(context_used=0)
         self.notify("New session")
 

@@ -3,7 +3,8 @@
 Contract: `add_arguments(parser)` defines every chat flag once (`add_chat_arguments`), under the names the TUI reads
 from the namespace: images, model, device, quant, n_ctx, prompt, json, temperature, top_p, top_k, repeat_penalty,
 max_tokens, seed, system, session. Sampling flags default to None (= the GenerationConfig default).
-`run(args)`: with both stdin and stdout on a terminal and no --prompt, `tui.launch(args)`; otherwise one-shot mode
+`run(args)`: with both stdin and stdout on a terminal and no --prompt, the registered front-end's `launch(args)`
+(entry-point group `llava_local.frontends`: the terminal app); otherwise one-shot mode
 streams one answer to stdout (the question from --prompt, else from stdin). `--json` prints one JSON object with
 the answer and statistics instead of streaming. Image paths are checked before the model loads, so a typo costs no
 load time; the session then reads and decodes each image once (a file that is no image is reported from there);
@@ -20,6 +21,11 @@ from typing import Any
 from ..config import DEVICES, GenerationConfig, RuntimeConfig
 from ..errors import ImageError, LlavaLocalError, UsageError
 from ..manifest import VISION_DTYPES
+from ..plugins import load_plugin, plugins
+
+HELP = "chat about images: the terminal app, or one answer with --prompt"
+# Interactive front-ends register in this entry-point group (the terminal app does); the runtime names none of them.
+FRONTEND_GROUP = "llava_local.frontends"
 
 # Sampling flags: (name, type, help). They map 1:1 onto GenerationConfig fields.
 GEN_FLAGS: tuple[tuple[str, type, str], ...] = (
@@ -80,11 +86,16 @@ def _isatty(stream: Any) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     if args.prompt is None and _isatty(sys.stdin) and _isatty(sys.stdout) and not args.json:
+        found = plugins(FRONTEND_GROUP)
+        if not found:
+            raise LlavaLocalError("the terminal app is not installed here; ask one question with --prompt")
+        plugin = next(iter(found.values()))
         try:
-            import tui
-        except ImportError:
-            raise LlavaLocalError("the terminal app is not installed here; ask one question with --prompt") from None
-        return int(tui.launch(args) or 0)
+            launch = load_plugin(plugin)
+        except LlavaLocalError as e:
+            raise LlavaLocalError(f"the terminal app cannot start ({e}); ask one question with --prompt") from None
+        with plugin.missing_extra_errors():
+            return int(launch(args) or 0)
     return one_shot(args)
 
 

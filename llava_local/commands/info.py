@@ -1,10 +1,10 @@
 """`llava-local info [BUNDLE] [--verify] [--json]`: what a bundle holds.
 
-Contract: prints the manifest summary (name, template, preprocessing, vision and LLM files, context, stop strings),
-every file with its size, provenance and the converter's parity report, and which vision graph the runtime runs on
-CPU / CUDA when no --vision-dtype is given, where that is not the manifest's default. `--verify` re-hashes every
-file against the manifest (a mismatch is a BundleError: one line, exit 1). `--json` prints one JSON object instead.
-BUNDLE is a path or an installed model name; without it, the default model.
+Contract: prints the manifest summary (name, template, preprocessing, vision and LLM files, context, stop strings,
+the questions the bundle suggests), every file with its size, provenance and the converter's parity report, and
+which vision graph the runtime runs on CPU / CUDA when no --vision-dtype is given, where that is not the manifest's
+default. `--verify` re-hashes every file against the manifest (a mismatch is a BundleError: one line, exit 1).
+`--json` prints one JSON object instead. BUNDLE is a path or an installed model name; without it, the default model.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any
 from ..bundle import preferred_vision_dtype
 from ..manifest import load_manifest, verify_files
 from ..models import resolve_model
+
+HELP = "show a bundle's manifest, files and parity report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         f"  llm             {', '.join(f'{k}={v}' for k, v in m.llm.files.items())} (default {m.llm.default})",
         f"  context         {m.llm.context_length} tokens",
         f"  stop strings    {', '.join(repr(s) for s in m.stop_strings) or '-'}",
+        *(f"  {'try asking' if i == 0 else '':<16}{s}" for i, s in enumerate(m.suggested_prompts)),
         "  files",
         *(f"    {name:<28} {_size(e['size']):>10}  sha256 {e['sha256'][:16]}…" for name, e in m.files.items()),
     ]

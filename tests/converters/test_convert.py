@@ -71,7 +71,8 @@ def test_runtime_answers_like_transformers(tiny_bundle, tiny_hf_checkpoint, tiny
 
 def test_original_layout_converts_with_f32(tiny_original_checkpoint, tmp_path, capsys):
     out = tmp_path / "orig-bundle"
-    assert main(["convert", str(tiny_original_checkpoint), "-o", str(out), "--quant", "f32", "--no-fuse-vision"]) == 0
+    assert main(["convert", str(tiny_original_checkpoint), "-o", str(out), "--quant", "f32", "--no-fuse-vision",
+                 "--suggest", "What is in the image?", "--suggest", "How many shapes are there?"]) == 0
     captured = capsys.readouterr()
     assert "fuse" not in captured.err
     assert captured.out.strip() == str(out.resolve())
@@ -79,6 +80,7 @@ def test_original_layout_converts_with_f32(tiny_original_checkpoint, tmp_path, c
     m = load_manifest(out)
     p = m.parity
     assert m.provenance["layout"] == "original" and m.provenance["vision_tower"].endswith("clip")
+    assert m.suggested_prompts == ("What is in the image?", "How many shapes are there?")
     assert "vision_fusion" not in m.provenance
     assert p["vision"]["fp32"]["max_abs"] <= 1e-4
     assert p["llm"]["f32"]["answer"] == p["torch_answer"] and p["llm"]["f32"]["prompt_ids_equal"]
@@ -185,6 +187,8 @@ def test_bad_inputs_give_one_line_errors(case, tiny_original_checkpoint, tmp_pat
 def test_options_validate_names():
     with pytest.raises(ConversionError, match="q4_k_m"):
         ConvertOptions(src=Path("x"), out=Path("y"), quants=("q9",))
+    with pytest.raises(ConversionError, match="--suggest: each suggested prompt must be one printable line"):
+        ConvertOptions(src=Path("x"), out=Path("y"), suggested_prompts=("two\nlines",))
     assert bundle_mod.llm_file("q8_0") == "llm-q8_0.gguf"
 
 

@@ -41,6 +41,11 @@ def test_valid_bundle_loads(bundle):
     (lambda d: d["files"].pop("vision.onnx"), "no sha256/size entry"),
     (lambda d: d["vision"].update(tokens_per_image="many"), "malformed"),
     (lambda d: d["llm"]["files"].update(f32="../llm-f32.gguf"), "plain names|no sha256"),
+    (lambda d: d.update(suggested_prompts="Describe it."), "suggested_prompts must be a list"),
+    (lambda d: d.update(suggested_prompts=["ok"] * 9), "at most 8"),
+    (lambda d: d.update(suggested_prompts=["two\nlines"]), "one printable line"),
+    (lambda d: d.update(suggested_prompts=["  "]), "one printable line"),
+    (lambda d: d.update(suggested_prompts=[3]), "one printable line"),
 ])
 def test_bad_fields(bundle, edit, match):
     _edit(bundle, edit)
@@ -78,3 +83,28 @@ def test_verify_detects_corruption(bundle):
     load_manifest(bundle)  # the cheap check passes...
     with pytest.raises(BundleError, match="sha256"):
         verify_files(bundle, m)  # ...the hash does not
+
+
+def test_suggested_prompts_reach_model_info_and_info_command(bundle, capsys):
+    from llava_local import RuntimeConfig, open_model
+    from llava_local.cli import main
+
+    asks = ["Describe the image briefly.", "How many circles are there?"]
+    _edit(bundle, lambda d: d.update(suggested_prompts=asks))
+    assert load_manifest(bundle).suggested_prompts == tuple(asks)
+    with open_model(bundle, RuntimeConfig(device="cpu", n_threads=1)) as model:
+        assert model.info.suggested_prompts == tuple(asks)
+    assert main(["info", str(bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "  try asking      Describe the image briefly.\n                  How many circles are there?\n" in out
+    _edit(bundle, lambda d: d.pop("suggested_prompts"))  # optional: older bundles have none
+    assert load_manifest(bundle).suggested_prompts == ()
+
+
+def test_shipped_demo_bundle_suggests_questions():
+    from pathlib import Path
+
+    from training.demo.recipe import SUGGESTED_PROMPTS
+
+    demo = Path(__file__).resolve().parents[2] / "models" / "llava-local-tiny"
+    assert load_manifest(demo).suggested_prompts == SUGGESTED_PROMPTS  # the recipe stamps what ships

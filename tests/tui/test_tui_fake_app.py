@@ -285,3 +285,34 @@ async def test_engine_failure_mid_answer_keeps_the_partial_answer(fake, store):
         await type_and_send(pilot, "again")
         await wait_until(pilot, lambda: len(app.history) == 4 and not app.busy)
     assert [m.text for m in store.messages(app.session_id)] == ["q", "one two", "again", "fine"]
+
+
+async def test_suggested_questions_fill_the_prompt_and_go_away(store):
+    from tui.widgets.suggestions import SuggestedPrompt, Suggestions
+
+    fake = FakeBackend(suggested_prompts=("Describe the image briefly.", "How many circles are there?"))
+    app = make_app(fake, store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.session is not None and app.query(Suggestions), what="suggestions")
+        shown = [s.text for s in app.query(SuggestedPrompt)]
+        assert shown == ["Describe the image briefly.", "How many circles are there?"]
+        app.query(SuggestedPrompt)[1].focus()
+        await pilot.press("enter")
+        assert app.query_one(PromptInput).text == "How many circles are there?"
+        assert app.focused is app.query_one(PromptInput)
+        await pilot.press("enter")  # send it
+        await wait_until(pilot, lambda: not app.busy and app.history, what="answer")
+        assert not app.query(Suggestions)  # gone once the conversation has started
+        assert fake.sessions[0].asked[0][0] == "How many circles are there?"
+        await pilot.press("ctrl+n")  # a new, empty session shows them again
+        await wait_until(pilot, lambda: bool(app.query(Suggestions)), what="suggestions again")
+
+
+async def test_no_suggestions_block_without_suggested_prompts(fake, store):
+    from tui.widgets.suggestions import Suggestions
+
+    app = make_app(fake, store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.session is not None, what="model open")
+        await pilot.pause()
+        assert not app.query(Suggestions)

@@ -48,6 +48,19 @@ def test_main_screen(snap_compare, store: Store, red_png: Path):
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
 
+def test_suggested_questions_on_an_empty_conversation(snap_compare, store: Store):
+    fake = FakeBackend(suggested_prompts=("Describe the image briefly.", "How many circles are there?",
+                                          "Where is the diamond?"))
+    app = LlavaApp(fake.as_backend(), store, model="tiny-demo", generation=GenerationConfig(temperature=0),
+                   preview="halfcell")
+
+    async def run_before(pilot) -> None:
+        await _ready(pilot)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
 def test_sessions_screen(snap_compare, store: Store, red_png: Path):
     t0 = 1_790_000_000.0
     for i, (title, n) in enumerate([("Shapes on a table", 4), ("What colour is the circle?", 2), ("Untitled", 0)]):

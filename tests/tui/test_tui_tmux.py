@@ -1,7 +1,7 @@
 """`llava-local chat --model BUNDLE IMAGE` in a real terminal (tmux): type a question, read the answer off the pane.
 
 tmux runs on a private socket (`-L`), so the test never touches a user's tmux server; the server is killed at the
-end. The CLI runs as `python -m llava_local.cli` from the repository root (works before `pip install -e .`).
+end. The CLI runs as `python -m llava_local.cli` from the repository root (installed: entry points name its commands).
 """
 
 from __future__ import annotations

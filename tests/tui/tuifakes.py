@@ -29,6 +29,7 @@ class FakeInfo:
     llm_backend: str = "CPU"
     vision_backend: str = "CPU"
     context_length: int = 2048
+    suggested_prompts: tuple[str, ...] = ()
 
 
 @dataclass
@@ -44,6 +45,7 @@ class FakeBackend:
     default_answer: str = "A **red** square on a white background."
     chunk_delay: float = 0.0  # seconds between chunks (cancel tests need a slow stream)
     context_length: int = 2048
+    suggested_prompts: tuple[str, ...] = ()
     encode_calls: int = 0
     cache: set[str] = field(default_factory=set)
     sessions: list[FakeSession] = field(default_factory=list)
@@ -53,7 +55,8 @@ class FakeBackend:
             raise RuntimeError("llama_model_load failed")  # a native failure, not a user mistake
         if name is not None and name.startswith("missing"):
             raise ModelNotFound(f"no model {name!r}: pass a bundle directory or a name from `llava-local info`")
-        return FakeModel(FakeInfo(name=name or "fake-llava", context_length=self.context_length))
+        return FakeModel(FakeInfo(name=name or "fake-llava", context_length=self.context_length,
+                                  suggested_prompts=self.suggested_prompts))
 
     def new_session(self, model: FakeModel, generation: GenerationConfig, system: str | None) -> FakeSession:
         s = FakeSession(self, model, generation, system)

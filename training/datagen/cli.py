@@ -1,6 +1,6 @@
 """`llava-local data {pretrain,generate,synth}`: the command-line face of the data pipeline.
 
-Contract (the `llava_local.cli` COMMANDS protocol): `add_arguments(parser)` and `run(args) -> int`. User
+Contract (a `llava_local.commands` entry point): `HELP`, `add_arguments(parser)` and `run(args) -> int`. User
 mistakes raise `DatagenError` (a `LlavaLocalError`), which the top-level CLI prints as one line. Results go
 to stdout as one summary line; progress goes to stderr. Heavy modules (PIL, llama_cpp) load lazily.
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .backends import Backend
     from .records import ImageRecord
 
+HELP = "make visual-instruction data: pretrain captions, generate, synthetic world"
 BACKENDS = ("llama", "openai", "teacher")
 
 

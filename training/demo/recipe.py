@@ -56,6 +56,15 @@ SECOND_PASS = ("relation2", "final")  # optional stages after stage 2, in order
 LLAVA_STAGES = ("stage1", *CURRICULUM, "stage2", *SECOND_PASS)  # the stages that train LLaVA, in STAGES order
 DATA_OF = {"relation2": "relation", "final": "stage2"}  # stages that reuse another stage's data file
 RECIPE_ID = "llava-local-tiny/11"  # bump when the recipe changes what it trains
+# Shown by the chat app on an empty conversation and by `llava-local info`: questions in the phrasings the demo
+# model was trained on, about kinds of object any scene of its world may hold.
+SUGGESTED_PROMPTS = (
+    "Describe the image briefly.",
+    "How many circles are there?",
+    "What colour is the triangle?",
+    "Where is the diamond?",
+    "Is there a blue square in the image?",
+)
 
 
 @dataclass(frozen=True)
@@ -293,7 +302,8 @@ class Recipe:
         return {"argv": argv, "bundle_bytes": size}
 
     def _stamp_provenance(self, bundle: Path) -> None:
-        """Record the recipe, its config and the data seed in the manifest (files' hashes are unchanged)."""
+        """Record the recipe, its config and the data seed in the manifest, and the questions it suggests to a new
+        user (files' hashes are unchanged)."""
         from dataclasses import replace
 
         from llava_local.manifest import load_manifest, write_manifest
@@ -303,7 +313,7 @@ class Recipe:
         prov["recipe"] = {"id": RECIPE_ID, "command": "python -m training.demo.recipe --out models/llava-local-tiny",
                           "config": asdict(self.cfg), "data_seed": self.cfg.world_seed, "precision": self.precision,
                           "timings_s": {k: v.get("seconds") for k, v in self.report["stages"].items()}}
-        write_manifest(bundle, replace(m, provenance=prov))
+        write_manifest(bundle, replace(m, provenance=prov, suggested_prompts=SUGGESTED_PROMPTS))
 
     def stage_eval(self) -> dict[str, Any]:
         from .evaluate import evaluate_bundle, evaluate_torch

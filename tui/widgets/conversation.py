@@ -8,6 +8,7 @@ from pathlib import Path
 from textual.containers import VerticalScroll
 
 from .assistant_turn import AssistantTurn
+from .suggestions import Suggestions
 from .user_turn import UserTurn
 
 
@@ -32,6 +33,15 @@ class Conversation(VerticalScroll):
         turn = AssistantTurn(text, footer)
         self.mount(turn)
         return turn
+
+    def show_suggestions(self, prompts: Sequence[str]) -> None:
+        """The model's suggested questions (the caller shows them on an empty conversation only)."""
+        self.hide_suggestions()
+        if prompts:
+            self.mount(Suggestions(prompts))
+
+    def hide_suggestions(self) -> None:
+        self.query(Suggestions).remove()
 
     def last_answer(self) -> AssistantTurn | None:
         answers = self.query(AssistantTurn)
