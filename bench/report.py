@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 
@@ -200,7 +201,7 @@ def _vision_notes(r: dict) -> list[str]:
     return out
 
 
-def _best_median(runs: list[dict], key: str, best=min) -> str:
+def _best_median(runs: list[dict], key: str, best: Callable[[list[float]], float] = min) -> str:
     vals = [x[key] for x in runs]
     return f"{best(vals):.2f} / {statistics.median(vals):.2f}"
 
@@ -211,18 +212,19 @@ def _defaults_section(r: dict) -> list[str]:
     if not d:
         return []
     first = next(iter(d.values()))
-    dtype = next(iter(first["repack"].values()))[0].get("vision_dtype", "?")
+    e0 = next(iter(first["repack"].values()))[0]
     lines = [
         "## Defaults on this machine: int8 vision, llama.cpp repack buffers on vs off",
         "",
-        f"What `llava-local chat` runs here without flags: vision graph {dtype}, llama.cpp's extra CPU buffer "
-        f"types {'on' if first['extra_buffers'] else 'off'} (`llava_local/cpuprobe.py`). Every run is "
-        "`ChatSession.ask` on a freshly opened model (embedding cache off, so each run encodes the image), the two "
-        "settings interleaved. Image and prefill: seconds (best / median), prefill in CPU seconds; decode: tokens/s "
-        "wall (best / median) and per CPU-second (best).",
+        f"What `llava-local chat` runs here without flags: vision graph {e0.get('vision_dtype', '?')}, llama.cpp's "
+        f"extra CPU buffer types {'on' if first['extra_buffers'] else 'off'} (`llava_local/cpuprobe.py`). Every run "
+        "is `ChatSession.ask` on a freshly opened model (embedding cache off, so each run encodes the image), the two "
+        f"settings interleaved; prompt {e0.get('n_prompt', '?')} positions (one image + text). CPU seconds (best "
+        "run) are the numbers to compare on a shared machine; in parentheses the median wall time; decode wall: "
+        "best / median.",
         "",
-        "| model | repack buffers | image encode s | prefill CPU-s | decode tok/s wall | decode per CPU-s | "
-        "on / off: prefill, decode (CPU) |",
+        "| model | repack buffers | image encode CPU-s (wall) | prefill CPU-s (wall) | decode tok/s wall | "
+        "decode per CPU-s | on / off: prefill, decode (CPU) |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     verdicts = []
@@ -233,19 +235,28 @@ def _defaults_section(r: dict) -> list[str]:
                 continue
             ratio = ""
             if name == "on" and off:
-                pre = min(x["prefill_cpu_seconds"] for x in off) / min(x["prefill_cpu_seconds"] for x in on)
+                p_on, p_off = (min(x["prefill_cpu_seconds"] for x in rs) for rs in (on, off))
                 dec = _cpu(on) / _cpu(off)
-                ratio = f"{pre:.2f}x, {dec:.2f}x"
-                verdicts.append(f"{quant}: prefill {pre:.2f}x, decode {dec:.2f}x")
+                ratio = f"{p_off / p_on:.2f}x, {dec:.2f}x"
+                verdict = f"{quant}: prefill {p_off / p_on:.2f}x, decode {dec:.2f}x"
+                per_tok = 1 / _cpu(off) - 1 / _cpu(on)  # CPU-s saved per generated token with repack on
+                if (p_on - p_off) * per_tok > 0:  # one wins the prefill, the other the decode
+                    verdict += (f" (they break even at an answer of about {(p_on - p_off) / per_tok:.0f} tokens after "
+                                "this prompt)")
+                verdicts.append(verdict)
+            img = min(x.get("image_cpu_seconds", x["image_seconds"]) for x in runs)
+            img_wall = statistics.median(x["image_seconds"] for x in runs)
+            pre = min(x["prefill_cpu_seconds"] for x in runs)
+            pre_wall = statistics.median(x["prefill_seconds"] for x in runs)
             wall = _best_median(runs, "tokens_per_second", max)
-            lines.append(f"| {quant} | {name} | {_best_median(runs, 'image_seconds')} | "
-                         f"{_best_median(runs, 'prefill_cpu_seconds')} | {wall} | {_cpu(runs):.2f} | {ratio} |")
+            lines.append(f"| {quant} | {name} | {img:.2f} ({img_wall:.2f}) | {pre:.2f} ({pre_wall:.2f}) | {wall} | "
+                         f"{_cpu(runs):.2f} | {ratio} |")
     lines.append("")
     if verdicts:
         lines += [f"Repack on vs off (CPU time, > 1 means on is faster): {'; '.join(verdicts)}. CPU_REPACK holds "
-                  "only quantized weights it has kernels for (here the Q4_K matrices of q4_k_m, interleaved 8x8 for "
-                  "AVX2/AVX-512); an f16 model puts nothing in it, so the f16 rows differ only by the noise of a "
-                  "shared machine and show how large that noise is.", ""]
+                  "only quantized weights it has x86 kernels for (Q4_0, Q4_K, Q2_K, IQ4_NL, MXFP4; here the Q4_K "
+                  "matrices of q4_k_m, interleaved 8x8); q8_0, q6_k, q5_k_m and f16 models put nothing in it, so the "
+                  "f16 rows differ only by the noise of a shared machine and show how large that noise is.", ""]
     else:
         lines += ["Repack buffers were not measured on: the CPU probe says llama.cpp's extra buffer types crash "
                   "this machine, so the runtime keeps them off.", ""]
