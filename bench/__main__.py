@@ -3,7 +3,7 @@
 Decode runs the engine with llama.cpp's extra CPU buffer types (CPU_REPACK; AMX where the build has it) forced on
 and off, interleaved, each on a fresh model with the runtime's default vision graph (int8 on CPU when gated), so
 the report puts the defaults' image encode, prefill and decode side by side with and without the repack buffers.
-"on" runs only where `cpuprobe.extra_buffers_ok` says the extra buffer types do not crash this machine.
+"on" runs only where `cpuprobe.extra_buffers_safe` says the extra buffer types cannot crash this machine.
 
 Runs are interleaved (engine, raw, engine, raw, ...) and the best of each is reported next to the median: other
 processes on a shared machine only ever slow a run down, so the best run is the closest to the machine's speed.
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt, bundle = build.ensure_bundle(out, sizes)
     t_built = time.perf_counter()
 
-    from llava_local.cpuprobe import _cpu_flags, build_has_amx, extra_buffers_ok
+    from llava_local.cpuprobe import _cpu_flags, build_has_amx, extra_buffers_ok, extra_buffers_safe
     from llava_local.engine import default_threads
     from llava_local.manifest import load_manifest
     from llava_local.preprocess import preprocess
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     for quant in () if args.vision_only else ("q4_k_m", "f16"):
         gguf = bundle / manifest.llm.files[quant]
         extra = extra_buffers_ok(gguf, quant)  # the runtime's default on this machine
-        settings = (True, False) if extra else (False,)  # never force buffer types the probe saw crash
+        settings = (True, False) if extra_buffers_safe(gguf, quant) else (False,)  # never force a crash
         runs: dict[bool, list] = {s: [] for s in settings}
         raw = []
         for i in range(args.repeats):
