@@ -240,7 +240,8 @@ def _defaults_section(r: dict) -> list[str]:
                 ratio = f"{p_off / p_on:.2f}x, {dec:.2f}x"
                 verdict = f"{quant}: prefill {p_off / p_on:.2f}x, decode {dec:.2f}x"
                 per_tok = 1 / _cpu(off) - 1 / _cpu(on)  # CPU-s saved per generated token with repack on
-                if (p_on - p_off) * per_tok > 0:  # one wins the prefill, the other the decode
+                clear = abs(p_off / p_on - 1) > 0.05 and abs(dec - 1) > 0.05  # both beyond the noise
+                if clear and (p_on - p_off) * per_tok > 0:  # one wins the prefill, the other the decode
                     verdict += (f" (they break even at an answer of about {(p_on - p_off) / per_tok:.0f} tokens after "
                                 "this prompt)")
                 verdicts.append(verdict)
@@ -256,7 +257,9 @@ def _defaults_section(r: dict) -> list[str]:
         lines += [f"Repack on vs off (CPU time, > 1 means on is faster): {'; '.join(verdicts)}. CPU_REPACK holds "
                   "only quantized weights it has x86 kernels for (Q4_0, Q4_K, Q2_K, IQ4_NL, MXFP4; here the Q4_K "
                   "matrices of q4_k_m, interleaved 8x8); q8_0, q6_k, q5_k_m and f16 models put nothing in it, so the "
-                  "f16 rows differ only by the noise of a shared machine and show how large that noise is.", ""]
+                  "f16 rows differ only by the noise of a shared machine and show how large that noise is. "
+                  "`llava_local/cpuprobe.py` follows these numbers: CPU_REPACK alone is off on AVX-512 CPUs like "
+                  "this one, on elsewhere; `LLAVA_LOCAL_REPACK=1` turns it on.", ""]
     else:
         lines += ["Repack buffers were not measured on: the CPU probe says llama.cpp's extra buffer types crash "
                   "this machine, so the runtime keeps them off.", ""]
