@@ -15,10 +15,10 @@ says whether turning them on cannot kill the process. `LLAVA_LOCAL_REPACK=0|1` f
   llama-cpp-python version, quant) in the cache dir, so the probe runs once per machine and quantization.
   Everywhere else the extra buffer types are CPU_REPACK alone, which is always safe.
 - Speed, CPU_REPACK alone: `make bench` measured it on vs off (docs/benchmarks.md). On an AVX-512 CPU (AMD EPYC)
-  it made the prompt prefill of a q4_k_m model ~24% slower (CPU time, 0.76-0.79x in two runs) for a decode change
-  within the noise (0.98-1.19x, the f16 control, which repacks nothing, moved as much), so it is off on CPUs with
-  AVX-512; on AVX2-only and ARM CPUs (unmeasured here) it stays on, llama.cpp's own default. Where the AMX buffer
-  type is possible and the probe passes, the extra buffer types stay on (AMX is the point there).
+  it made the prompt prefill of a q4_k_m model 20-24% slower (CPU time, 0.76-0.80x in three runs) for a decode
+  change within the noise (0.93-1.19x; the f16 control, which repacks nothing, moved up to 1.20x), so it is off on
+  CPUs with AVX-512; on AVX2-only and ARM CPUs (unmeasured here) it stays on, llama.cpp's own default. Where the
+  AMX buffer type is possible and the probe passes, the extra buffer types stay on (AMX is the point there).
 """
 
 from __future__ import annotations
