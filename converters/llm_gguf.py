@@ -6,9 +6,12 @@ Contract: `write_gguf(ckpt, path, ftype="f16"|"f32", name=...)` writes a GGUF th
   (`permute`, k with the KV head count); v / o are not.
 - tensors are renamed through gguf-py's LLaMA table (`gguf_name`); rotary buffers are skipped; an unmapped
   tensor is a ConversionError. 1-D tensors (norms) stay F32 in an F16 file.
-- the tokenizer: SentencePiece (`tokenizer.model`: tokenizer model "llama", real scores and piece types) or a
-  byte-level BPE (`tokenizer.json`: model "gpt2", pre-tokenizer "gpt-2", merges). Added tokens (`<image>`)
-  become CONTROL tokens at their ids; the list is padded with UNUSED `[PAD<i>]` up to the embedding rows.
+- the tokenizer: SentencePiece (`tokenizer.model`: tokenizer model "llama", real scores and piece types), a
+  SentencePiece-style BPE in `tokenizer.json` only (what transformers 5 saves for LLaMA: Metaspace "▁", byte
+  fallback, merges) as model "llama" with scores from the merge ranks (`merge_scores`), `<0xHH>` BYTE pieces
+  and add_bos / add_space_prefix read from what the HF tokenizer does, or a byte-level BPE (`tokenizer.json`:
+  model "gpt2", pre-tokenizer "gpt-2", merges). Added tokens (`<image>`) become CONTROL tokens at their ids;
+  the list is padded with UNUSED `[PAD<i>]` up to the embedding rows.
 - metadata: context length, the chat template as a Jinja string (`tokenizer.chat_template`) plus its
   llava-local name (`llava_local.template`), BOS/EOS/UNK/PAD ids, add_bos true / add_eos false.
 """
@@ -16,6 +19,7 @@ Contract: `write_gguf(ckpt, path, ftype="f16"|"f32", name=...)` writes a GGUF th
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +67,72 @@ class Vocab:
     eos: int | None
     unk: int | None
     pad: int | None
+    add_bos: bool = True
+    add_space_prefix: bool | None = None  # None: llama.cpp's default (true for "llama")
+
+
+def _json_nodes(node: Any) -> list[dict]:
+    """Every component of a tokenizer.json normalizer/pre-tokenizer, flattening `Sequence`s."""
+    if not isinstance(node, dict):
+        return []
+    inner = node.get("normalizers") or node.get("pretokenizers") or []
+    return [node, *[n for child in inner for n in _json_nodes(child)]]
+
+
+def tokenizer_json_kind(data: dict) -> str | None:
+    """"gpt2" for a byte-level BPE, "spm" for a SentencePiece-style BPE (pieces carry "▁" for spaces, unknown
+    characters fall back to `<0xHH>` byte pieces: LLaMA tokenizers saved by transformers), else None."""
+    bpe = data.get("model") or {}
+    if bpe.get("type") != "BPE":
+        return None
+    parts = _json_nodes(data.get("pre_tokenizer")) + _json_nodes(data.get("normalizer"))
+    if any(p.get("type") == "ByteLevel" for p in parts):
+        return "gpt2"
+    metaspace = any(p.get("type") == "Metaspace" for p in parts) or any(
+        p.get("type") == "Replace" and p.get("pattern", {}).get("String") == " " and p.get("content") == "\u2581"
+        for p in parts)
+    return "spm" if metaspace and bpe.get("byte_fallback") and not bpe.get("ignore_merges") else None
+
+
+def merge_scores(merges: list[str], vocab: dict[str, int]) -> dict[int, float]:
+    """SentencePiece scores that make llama.cpp's SPM tokenizer repeat the BPE merges.
+
+    HF's BPE merges, within a word, the adjacent pair of lowest merge rank; llama.cpp's SPM tokenizer merges
+    the adjacent pair whose concatenation is a piece of highest score (leftmost on ties). Scoring each piece
+    -rank of the first merge that produces it makes both pick the same pair, for vocabularies whose merges
+    are every split of a piece into two pieces (those converted from SentencePiece, as LLaMA's are).
+    """
+    scores: dict[int, float] = {}
+    for rank, merge in enumerate(merges):
+        left, right = merge.split(" ", 1)
+        piece = vocab.get(left + right)
+        if piece is not None and piece not in scores:
+            scores[piece] = -float(rank)
+    return scores
+
+
+def _spm_json_tokens(data: dict, hf: Any) -> tuple[dict[int, tuple[bytes, float, int]], bool]:
+    """Pieces, scores and types of a SentencePiece-style tokenizer.json, and whether a space is prefixed."""
+    import gguf
+
+    T = gguf.TokenType
+    bpe = data["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in bpe.get("merges", [])]
+    scores = merge_scores(merges, bpe["vocab"])
+    floor = -float(len(merges))  # pieces no merge produces (single characters) never take part in a merge
+    tokens: dict[int, tuple[bytes, float, int]] = {}
+    for piece, i in bpe["vocab"].items():
+        i = int(i)
+        if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
+            tokens[i] = (piece.encode("utf-8"), 0.0, int(T.BYTE))
+        elif i == hf.unk_token_id:
+            tokens[i] = (piece.encode("utf-8"), 0.0, int(T.UNKNOWN))
+        else:
+            tokens[i] = (piece.encode("utf-8"), scores.get(i, floor), int(T.NORMAL))
+    # llama.cpp prefixes a space ("▁") to text at the start and after each special token; HF's Metaspace does
+    # so for "always" (and a "first" scheme only at the start): read what the tokenizer actually does.
+    first = hf.convert_ids_to_tokens(hf("a", add_special_tokens=False).input_ids)[:1]
+    return tokens, bool(first) and first[0].startswith("\u2581")
 
 
 def load_vocab(tokenizer_dir: Path, n_rows: int) -> Vocab:
@@ -77,6 +147,7 @@ def load_vocab(tokenizer_dir: Path, n_rows: int) -> Vocab:
     T = gguf.TokenType
     tokens: dict[int, tuple[bytes, float, int]] = {}
     merges: list[str] = []
+    add_bos, space_prefix = True, None
     if (tokenizer_dir / "tokenizer.model").is_file():
         import sentencepiece as spm
 
@@ -88,13 +159,21 @@ def load_vocab(tokenizer_dir: Path, n_rows: int) -> Vocab:
         model, pre = "llama", "default"
     else:
         data = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
-        bpe = data.get("model", {})
-        if bpe.get("type") != "BPE" or "ByteLevel" not in json.dumps(data.get("pre_tokenizer")):
-            raise ConversionError(f"{tokenizer_dir}: tokenizer.json without tokenizer.model must be a byte-level BPE")
-        for piece, i in bpe["vocab"].items():
-            tokens[int(i)] = (piece.encode("utf-8"), 0.0, int(T.NORMAL))
-        merges = [m if isinstance(m, str) else " ".join(m) for m in bpe.get("merges", [])]
-        model, pre = "gpt2", "gpt-2"
+        kind = tokenizer_json_kind(data)
+        if kind is None:
+            raise ConversionError(f"{tokenizer_dir}: tokenizer.json must be a byte-level BPE or a SentencePiece-style "
+                                  "BPE (Metaspace with byte fallback); this one is neither")
+        if kind == "spm":
+            tokens, space_prefix = _spm_json_tokens(data, hf)
+            model, pre = "llama", "default"
+            with_bos = hf("a", add_special_tokens=True).input_ids
+            add_bos = hf.bos_token_id is not None and with_bos[:1] == [hf.bos_token_id]
+        else:
+            bpe = data["model"]
+            for piece, i in bpe["vocab"].items():
+                tokens[int(i)] = (piece.encode("utf-8"), 0.0, int(T.NORMAL))
+            merges = [m if isinstance(m, str) else " ".join(m) for m in bpe.get("merges", [])]
+            model, pre = "gpt2", "gpt-2"
     for i, added in hf.added_tokens_decoder.items():
         if i in tokens and tokens[i][2] != T.NORMAL:
             continue  # SentencePiece's own <unk>/<s>/</s>
@@ -107,7 +186,7 @@ def load_vocab(tokenizer_dir: Path, n_rows: int) -> Vocab:
     return Vocab(
         model=model, pre=pre, tokens=[t[0] for t in filled], scores=[t[1] for t in filled],
         types=[t[2] for t in filled], merges=merges, bos=hf.bos_token_id, eos=hf.eos_token_id,
-        unk=hf.unk_token_id, pad=hf.pad_token_id,
+        unk=hf.unk_token_id, pad=hf.pad_token_id, add_bos=add_bos, add_space_prefix=space_prefix,
     )
 
 
@@ -168,8 +247,10 @@ def _kv(writer: Any, ckpt: Checkpoint, vocab: Vocab, ftype: str, name: str) -> N
                        (writer.add_unk_token_id, vocab.unk), (writer.add_pad_token_id, vocab.pad)):
         if value is not None:
             add(int(value))
-    writer.add_add_bos_token(True)
+    writer.add_add_bos_token(vocab.add_bos)
     writer.add_add_eos_token(False)
+    if vocab.add_space_prefix is not None:
+        writer.add_add_space_prefix(vocab.add_space_prefix)
     jinja = jinja_template(ckpt.template)
     if jinja:
         writer.add_chat_template(jinja)

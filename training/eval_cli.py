@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "evaluate a bundle on held-out synthetic scenes"
+HELP = "evaluate a bundle: held-out synthetic scenes, ScienceQA"
 
 # suite name → module (imported when that suite runs).
 SUITES: dict[str, str] = {
     "synthetic": "training.demo.eval_cli",
+    "scienceqa": "training.scienceqa.eval_cli",
 }
 
 

@@ -1,4 +1,4 @@
-"""`llava-local data {pretrain,generate,synth}`: the command-line face of the data pipeline.
+"""`llava-local data {pretrain,generate,synth,scienceqa,synth-scienceqa}`: the command-line face of the data pipeline.
 
 Contract (a `llava_local.commands` entry point): `HELP`, `add_arguments(parser)` and `run(args) -> int`. User
 mistakes raise `DatagenError` (a `LlavaLocalError`), which the top-level CLI prints as one line. Results go
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .backends import Backend
     from .records import ImageRecord
 
-HELP = "make visual-instruction data: pretrain captions, generate, synthetic world"
+HELP = "make visual-instruction data: pretrain captions, generate, synthetic world, ScienceQA"
 BACKENDS = ("llama", "openai", "teacher")
 
 
@@ -45,8 +45,8 @@ def _mix(text: str) -> dict[str, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the pretrain/generate/synth subcommands."""
-    sub = parser.add_subparsers(dest="data_command", metavar="{pretrain,generate,synth}")
+    """Add the pretrain/generate/synth subcommands, and scienceqa/synth-scienceqa (`training.scienceqa.data_cli`)."""
+    sub = parser.add_subparsers(dest="data_command", metavar="{pretrain,generate,synth,scienceqa,synth-scienceqa}")
 
     p = sub.add_parser("pretrain", help="image–caption pairs → stage-1 LLaVA JSON")
     p.add_argument("--input", nargs="+", type=Path, required=True, help="COCO captions .json, or one .tsv/.jsonl")
@@ -94,6 +94,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--max-objects", type=int, default=5, help="objects per scene, 1..9")
     s.add_argument("--restart", action="store_true", help="discard the journal and start over")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    from training.scienceqa.data_cli import add_parsers as add_scienceqa_parsers
+
+    add_scienceqa_parsers(sub)  # scienceqa, synth-scienceqa
 
 
 def _records(args: argparse.Namespace, check: bool) -> tuple[list[ImageRecord], list[str]]:
@@ -196,7 +200,9 @@ def _synth(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch `llava-local data <command>`."""
-    commands = {"pretrain": _pretrain, "generate": _generate, "synth": _synth}
+    from training.scienceqa.data_cli import COMMANDS as SCIENCEQA_COMMANDS
+
+    commands = {"pretrain": _pretrain, "generate": _generate, "synth": _synth, **SCIENCEQA_COMMANDS}
     if args.data_command not in commands:
-        raise UsageError("say what to make: llava-local data {pretrain,generate,synth} --help")
+        raise UsageError(f"say what to make: llava-local data {{{','.join(commands)}}} --help")
     return commands[args.data_command](args)
