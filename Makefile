@@ -14,7 +14,7 @@ TORCH_DEV := torch==2.13.0
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 IMAGE ?= examples/shapes.png
 
-.PHONY: install chat test lint bench bench-quick bench-gpu bench-data demo-model train-tiny data-demo sysdeps clean
+.PHONY: install chat test fuzz lint bench bench-quick bench-gpu bench-data demo-model train-tiny data-demo sysdeps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ data-demo: $(STAMP)
 
 test: $(STAMP) sysdeps
 	$(PY) -m pytest -q
+
+# The property-based tests (tests/fuzz) with 1,000 examples each instead of make test's 30 (docs/reliability.md);
+# failures found are kept in .hypothesis/ and replayed first on the next run.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz LLAVA_LOCAL_THREADS=1 $(PY) -m pytest -q tests/fuzz
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -8,3 +8,5 @@ f16 GGUFs, fp32 and int8 vision graphs), then measures on the same weights, in o
 - image encode time: ONNX Runtime fp32 / int8 vs torch eager.
 It writes `docs/benchmarks.md` with the numbers, the ratios, the targets and a description of the machine.
 """
+
+import llava_local  # noqa: F401,E402  (first: it turns onnxruntime's telemetry off before anything imports onnxruntime)

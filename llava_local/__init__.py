@@ -7,9 +7,18 @@ Never imports torch, transformers, onnx or textual (a test enforces it). The pub
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Offline for real: onnxruntime's official wheels ship Microsoft's 1DS telemetry, which writes a device id and an
+# event queue under ~/.cache/Microsoft/DeveloperTools and uploads them over HTTPS. Only this variable, set before
+# onnxruntime is first imported, turns it off (`disable_telemetry_events()` after import does not). Every entry
+# point (CLI, TUI, converters, training, bench) imports this package first. An explicit non-empty value is the
+# user's own choice and is kept (docs/reliability.md).
+if not os.environ.get("ORT_DISABLE_TELEMETRY"):
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 # public name → module that defines it (imported on first access)
 _EXPORTS: dict[str, str] = {

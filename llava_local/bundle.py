@@ -29,6 +29,7 @@ from .cpuprobe import extra_buffers_ok
 from .embcache import EmbeddingCache
 from .engine import Engine, default_threads, gpu_offload_supported
 from .errors import BundleError, EngineError, UsageError
+from .integrity import check_gguf, check_onnx, verified_sha256
 from .manifest import Manifest, load_manifest
 from .models import resolve_model
 from .paths import cache_dir
@@ -115,15 +116,22 @@ class Model:
         if n_ctx < 64:
             raise UsageError(f"--n-ctx {n_ctx} is too small; use at least 64 (the bundle supports "
                              f"{manifest.llm.context_length})")
-        self.vision = VisionEncoder(bundle_dir / manifest.vision.files[self.vision_dtype], manifest.vision,
-                                    device=device, threads=threads)
-        if config.vision_dtype is None and preferred_vision_dtype(manifest, self.vision.backend) != self.vision_dtype:
+        vision_file, gguf = (bundle_dir / manifest.vision.files[self.vision_dtype],
+                             bundle_dir / manifest.llm.files[self.quant])
+        # Integrity before anything native reads the files: headers, then the sha256 (hashed once per file identity).
+        check_onnx(vision_file)
+        check_gguf(gguf)
+        vision_sha = verified_sha256(vision_file, manifest.files[vision_file.name]["sha256"])
+        verified_sha256(gguf, manifest.files[gguf.name]["sha256"])
+        self.vision = VisionEncoder(vision_file, manifest.vision, device=device, threads=threads)
+        picked = preferred_vision_dtype(manifest, self.vision.backend)
+        if config.vision_dtype is None and picked != self.vision_dtype:
             # The provider we expected did not load (e.g. onnxruntime-gpu without a usable CUDA): pick again for
             # the backend we really got.
-            self.vision_dtype = preferred_vision_dtype(manifest, self.vision.backend)
-            self.vision = VisionEncoder(bundle_dir / manifest.vision.files[self.vision_dtype], manifest.vision,
-                                        device=device, threads=threads)
-        gguf = bundle_dir / manifest.llm.files[self.quant]
+            self.vision_dtype, vision_file = picked, bundle_dir / manifest.vision.files[picked]
+            check_onnx(vision_file)
+            vision_sha = verified_sha256(vision_file, manifest.files[vision_file.name]["sha256"])
+            self.vision = VisionEncoder(vision_file, manifest.vision, device=device, threads=threads)
         self.engine = Engine(gguf, n_ctx=n_ctx, n_batch=N_BATCH, n_threads=threads, gpu=gpu,
                              extra_buffers=extra_buffers_ok(gguf, self.quant))
         if self.engine.n_embd_inp != manifest.vision.embed_dim:
@@ -132,9 +140,9 @@ class Model:
                 f"bundle {bundle_dir}: the vision encoder outputs rows of {manifest.vision.embed_dim} but the language "
                 f"model takes {self.engine.n_embd_inp}; the files do not belong together (re-run `llava-local convert`)"
             )
-        vision_sha = manifest.files[manifest.vision.files[self.vision_dtype]]["sha256"]
         self.cache = EmbeddingCache(vision_sha, manifest.preprocess,
-                                    cache_dir() / "embeddings" if config.embedding_cache else None)
+                                    cache_dir() / "embeddings" if config.embedding_cache else None,
+                                    shape=(manifest.vision.tokens_per_image, manifest.vision.embed_dim))
         self.template: ChatTemplate = get_template(manifest.template)
         self.stop_strings = tuple(dict.fromkeys(manifest.stop_strings + self.template.stop_strings))
         self.info = ModelInfo(

@@ -1,11 +1,14 @@
 """Image-embedding cache: memory (LRU) in front of disk.
 
 Contract: an embedding is stored under `cache_key(image_id, vision_sha256, preprocess)`, where `image_id` is the
-sha256 of the image file's bytes, `vision_sha256` the manifest's hash of the ONNX file that produced it and
-`preprocess` the pixel pipeline's settings, so a different model, a re-converted graph or another preprocessing
-never hits a stale entry. On disk: `<cache_dir>/embeddings/<key[:2]>/<key>.npy` (float16 by default: half the
+sha256 of the image file's bytes, `vision_sha256` the hash of the ONNX file's actual bytes (checked against the
+manifest by `integrity.verified_sha256`, not copied from it) and `preprocess` the pixel pipeline's settings, so a
+different model, a re-converted or swapped graph or another preprocessing never hits a stale entry. With `shape`
+given (tokens_per_image, embed_dim), an entry of any other shape, dtype or with NaN/inf is a miss.
+On disk: `<cache_dir>/embeddings/<key[:2]>/<key>.npy` (float16 by default: half the
 size, and the LLM sees float32 rows whose rounding error is far below the vision graph's own), written to a temp
-file and renamed so a killed process never leaves a torn file. A corrupt file is treated as a miss and removed.
+file and renamed so a killed process never leaves a torn file. A corrupt file (empty, torn, foreign, wrong
+shape) is treated as a miss and removed, so it is recomputed once, not hit forever.
 Lookups need only the image id, so a resumed conversation finds its embeddings even without the image file.
 """
 
@@ -38,8 +41,9 @@ class EmbeddingCache:
     """LRU in memory (`capacity` images) + optional directory of .npy files."""
 
     def __init__(self, vision_sha256: str, preprocess: PreprocessConfig, directory: Path | None,
-                 capacity: int = 32, disk_dtype: str = "float16") -> None:
+                 capacity: int = 32, disk_dtype: str = "float16", shape: tuple[int, int] | None = None) -> None:
         self.vision_sha256 = vision_sha256
+        self.shape = shape  # (tokens_per_image, embed_dim): entries of another shape are misses
         self.preprocess = preprocess
         self.directory = directory
         self.capacity = capacity
@@ -59,22 +63,39 @@ class EmbeddingCache:
             return self._mem[key]
         path = self._path(key)
         if path is not None and path.is_file():
+            arr = self._load(path)
+            if arr is not None:
+                self.hits_disk += 1
+                self._remember(key, arr)
+                return arr
             try:
-                arr = np.load(path, allow_pickle=False).astype(np.float32)
-            except (OSError, ValueError):
-                path.unlink(missing_ok=True)  # torn or foreign file: recompute
-            else:
-                if arr.ndim == 2 and np.isfinite(arr).all():
-                    self.hits_disk += 1
-                    self._remember(key, arr)
-                    return arr
-                path.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)  # empty, torn, foreign or wrong-shape file: recompute it once
+            except OSError:
+                pass
         self.misses += 1
         return None
+
+    def _valid(self, arr: npt.NDArray) -> bool:
+        want = self.shape
+        return (arr.ndim == 2 and arr.dtype.kind == "f" and (want is None or tuple(arr.shape) == tuple(want))
+                and bool(np.isfinite(arr).all()))
+
+    def _load(self, path: Path) -> npt.NDArray[np.float32] | None:
+        """The file's array if it is a valid entry, else None. np.load raises EOFError on an empty file, ValueError
+        or OSError on a torn or foreign one, and more on crafted headers: every failure is a miss."""
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception:
+            return None
+        if not isinstance(arr, np.ndarray) or not self._valid(arr):
+            return None
+        return arr.astype(np.float32)
 
     def put(self, image_id: str, embedding: npt.NDArray[np.floating]) -> None:
         """Store [N, D] in memory and (best effort) on disk."""
         arr = np.ascontiguousarray(embedding, dtype=np.float32)
+        if not self._valid(arr):
+            return  # never cache what a later get() would reject (NaN from a broken graph: the engine reports it)
         key = cache_key(image_id, self.vision_sha256, self.preprocess)
         self._remember(key, arr)
         path = self._path(key)

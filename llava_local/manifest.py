@@ -128,8 +128,10 @@ class Manifest:
             raise
         except KeyError as e:
             raise BundleError(f"{where}: missing field {e.args[0]!r}; re-run `llava-local convert`") from None
-        except (TypeError, ValueError, AttributeError) as e:
+        except (TypeError, ValueError, AttributeError, OverflowError) as e:  # Overflow: float(10**400), int(inf)
             raise BundleError(f"{where}: malformed ({e}); re-run `llava-local convert`") from None
+        if manifest.system_prompt is not None and not isinstance(manifest.system_prompt, str):
+            raise BundleError(f"{where}: system_prompt must be text or null; re-run `llava-local convert`")
         manifest._check(where)
         return manifest
 
@@ -193,8 +195,8 @@ def load_manifest(bundle_dir: str | Path) -> Manifest:
         raise BundleError(f"{bundle} is not a bundle: no {MANIFEST_NAME} (make one with `llava-local convert`)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: not valid JSON ({e}); re-run `llava-local convert`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # Recursion: [[[[...]]]]
+        raise BundleError(f"{path}: not valid JSON ({str(e)[:200]}); re-run `llava-local convert`") from None
     if not isinstance(data, dict):
         raise BundleError(f"{path}: expected a JSON object; re-run `llava-local convert`")
     manifest = Manifest.from_dict(data, where=str(path))

@@ -16,9 +16,23 @@ pay for them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+import llava_local  # noqa: F401  (sets ORT_DISABLE_TELEMETRY before any test imports onnxruntime)
+
+try:  # property-based tests (tests/fuzz): few examples in `make test`, many in `make fuzz` (HYPOTHESIS_PROFILE=fuzz)
+    from hypothesis import HealthCheck, settings
+except ImportError:  # pragma: no cover - hypothesis comes with the dev extra
+    pass
+else:
+    _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+    settings.register_profile("ci", max_examples=30, deadline=None, database=None,
+                              suppress_health_check=_SLOW_OK, derandomize=True)
+    settings.register_profile("fuzz", max_examples=1000, deadline=None, suppress_health_check=_SLOW_OK)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)

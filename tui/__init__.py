@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sqlite3
 
+import llava_local  # noqa: F401  (first: it turns onnxruntime's telemetry off before onnxruntime loads)
+
 
 def launch(args: argparse.Namespace) -> int:
     """Open the chat app; returns 0 when the user quits."""

@@ -119,6 +119,7 @@ def one_shot(args: argparse.Namespace) -> int:
     from ..bundle import open_model
     from ..events import Finished, ImageEncoded, PromptProcessed, TextChunk
     from ..session import ChatSession, check_image_file
+    from ..textsafe import TerminalText, clean
 
     gen = generation_from_args(args)
     runtime = runtime_from_args(args)
@@ -129,10 +130,11 @@ def one_shot(args: argparse.Namespace) -> int:
         session = ChatSession(model, gen, system=args.system)
         stats: dict[str, Any] = {"images": []}
         finished: Finished | None = None
+        safe = TerminalText()  # model text reaches the terminal without escape sequences or control characters
         try:
             for event in session.ask(question, images=args.images):
                 if isinstance(event, TextChunk) and not args.json:
-                    sys.stdout.write(event.text)
+                    sys.stdout.write(safe.feed(event.text))
                     sys.stdout.flush()
                 elif isinstance(event, ImageEncoded):
                     stats["images"].append({"id": event.image_id, "cached": event.cached, "seconds": event.seconds})
@@ -150,7 +152,7 @@ def one_shot(args: argparse.Namespace) -> int:
         if args.json:
             info = model.info
             out = {
-                "answer": finished.text, "stop_reason": finished.stop_reason, "model": info.name,
+                "answer": clean(finished.text), "stop_reason": finished.stop_reason, "model": info.name,
                 "quant": info.quant, "llm_backend": info.llm_backend, "vision_backend": info.vision_backend,
                 "vision_dtype": info.vision_dtype,
                 "n_prompt_tokens": finished.n_prompt_tokens, "n_generated": finished.n_generated,

@@ -225,9 +225,16 @@ def _copy_with(rt_bundle, tmp_path, edit=None, gguf_bytes=None):
 
 
 def test_broken_gguf_is_an_error_not_a_crash(rt_bundle, tmp_path):
-    from llava_local.errors import EngineError
+    import struct
 
-    b = _copy_with(rt_bundle, tmp_path, gguf_bytes=b"GGUF" + b"\0" * 4000)
+    from llava_local.errors import BundleError, EngineError
+
+    # a garbage header is refused before llama.cpp sees it (llava_local.integrity.check_gguf) ...
+    b = _copy_with(rt_bundle, tmp_path / "garbage", gguf_bytes=b"GGUF" + b"\0" * 4000)
+    with pytest.raises(BundleError, match="llm-f32.gguf: GGUF version 0"):
+        open_model(b, RuntimeConfig(device="cpu"))
+    # ... and a well-formed GGUF that is no model (no keys, no tensors) is llama.cpp's refusal, still an error
+    b = _copy_with(rt_bundle, tmp_path / "empty", gguf_bytes=b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + b"\0" * 4000)
     with pytest.raises(EngineError, match="could not load llm-f32.gguf"):
         open_model(b, RuntimeConfig(device="cpu"))
 

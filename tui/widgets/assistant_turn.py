@@ -2,6 +2,8 @@
 
 `append(text)` renders incrementally (Textual's `Markdown.append` re-parses only the last block);
 `finish(...)` adds "time to first token · tokens/s" and marks a cancelled answer as stopped.
+Model text passes through `llava_local.textsafe` on the way in (streamed chunks and whole texts alike), so no
+escape sequence or control character from a model ever reaches the terminal.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Markdown, Static
 
+from llava_local.textsafe import TerminalText, clean
+
 
 class AssistantTurn(Vertical, can_focus=True):
     """An answer; `text` is the raw Markdown received so far."""
@@ -21,8 +25,17 @@ class AssistantTurn(Vertical, can_focus=True):
 
     def __init__(self, text: str = "", footer: str = "") -> None:
         super().__init__(classes="turn assistant-turn")
+        self._safe = TerminalText()
         self.text = text
         self._footer = footer
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self._text = clean(value)
 
     def compose(self) -> ComposeResult:
         yield Static("Assistant", classes="role")
@@ -31,7 +44,8 @@ class AssistantTurn(Vertical, can_focus=True):
 
     def append(self, chunk: str) -> None:
         """Add streamed text."""
-        self.text += chunk
+        chunk = self._safe.feed(chunk)
+        self._text += chunk
         self.query_one(Markdown).append(chunk)
 
     def finish(self, footer: str, stopped: bool = False) -> None:
