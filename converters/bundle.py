@@ -26,6 +26,7 @@ from typing import Any
 from llava_local import __version__
 from llava_local.errors import BundleError, ConversionError
 from llava_local.manifest import (
+    DEFAULT_LLM_QUANT,
     LLM_QUANTS,
     VISION_DTYPES,
     LLMSpec,
@@ -48,7 +49,7 @@ def llm_file(quant: str) -> str:
 class ConvertOptions:
     src: Path
     out: Path
-    quants: tuple[str, ...] = ("q4_k_m",)  # the first is the manifest default
+    quants: tuple[str, ...] = (DEFAULT_LLM_QUANT,)  # the first is the manifest default
     vision_dtypes: tuple[str, ...] = ("fp32",)  # the first is the manifest default; fp32 is always written
     vision_tower: Path | None = None
     template: str | None = None

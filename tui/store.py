@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llava_local.templates import Turn
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -233,6 +235,6 @@ class _Tx:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def messages_to_turns(messages: Sequence[Message]) -> list[tuple[str, str, int]]:
-    """(role, text, n_images) per message, for `llava_local.templates.Turn`."""
-    return [(m.role, m.text, len(m.images)) for m in messages]
+def messages_to_turns(messages: Sequence[Message]) -> list[Turn]:
+    """The saved messages as the runtime's conversation turns (role, text, number of images)."""
+    return [Turn(m.role, m.text, len(m.images)) for m in messages]  # type: ignore[arg-type]  # role is checked on save
