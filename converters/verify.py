@@ -87,6 +87,11 @@ def sample_images(n: int = 3, seed: int = 0) -> list[Any]:
     return images[:n] if n <= len(images) else images + [images[i % 3].rotate(90 * i) for i in range(3, n)]
 
 
+def sample_pixels(cfg: Any, n: int = 3, seed: int = 0) -> np.ndarray:
+    """`sample_images` through a bundle's preprocessing (`PreprocessConfig`): float32 (n, 3, S, S)."""
+    return np.concatenate([preprocess(img, cfg) for img in sample_images(n, seed)])
+
+
 def _hf_ids(tok: Any, text: str, add_bos: bool) -> list[int]:
     return list(tok(text, add_special_tokens=add_bos).input_ids)
 
@@ -122,7 +127,7 @@ def verify(
     say = progress or (lambda msg: None)
     report: dict[str, Any] = {"verified": True, "gates": {k: v for k, v in gates.__dict__.items()},
                               "n_images": n_images, "n_tokens": n_tokens, "vision": {}, "llm": {}}
-    pixels = np.concatenate([preprocess(img, ckpt.preprocess) for img in sample_images(n_images)])  # (B,3,S,S)
+    pixels = sample_pixels(ckpt.preprocess, n_images)  # (B,3,S,S)
     clip, proj = build_clip(ckpt), build_projector(ckpt)
     ref = reference_features(clip, proj, torch.from_numpy(pixels), ckpt.feature_layer, ckpt.drop_cls).numpy()
     onnx_out: dict[str, np.ndarray] = {}
