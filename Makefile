@@ -14,7 +14,7 @@ TORCH_DEV := torch==2.13.0
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 IMAGE ?= examples/shapes.png
 
-.PHONY: install chat test fuzz lint bench bench-data demo-model train-tiny data-demo sysdeps clean
+.PHONY: install chat test fuzz lint bench bench-quick bench-gpu bench-data demo-model train-tiny data-demo sysdeps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,12 +66,25 @@ fuzz: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Benchmarks live in bench/ (docs/benchmarks.md says how to read them); bench-out/ caches their models and data.
+# make bench: decode and image encode on a ~270M LLaVA with a CLIP ViT-L tower (engine vs raw llama.cpp vs
+# transformers, ONNX vs torch, the runtime's defaults with llama.cpp's repack buffers on vs off); writes
+# docs/benchmarks.md. Extra flags: BENCH_ARGS="--threads 1 --repeats 5".
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 	$(PY) -m bench.serve   # its own section at the end of docs/benchmarks.md
 
+# The same on a tiny model in a minute, written to bench-out/quick.md (a smoke test of the bench itself).
+bench-quick: $(STAMP)
+	$(PY) -m bench --quick --report bench-out/quick.md $(BENCH_ARGS)
+
+# GPU training throughput: a few FSDP2 stage-2 steps of a ~1B LLaVA (needs a GPU; torchrun for several).
+bench-gpu: $(STAMP)
+	$(PY) -m bench.gpu_train --steps 8 $(BENCH_ARGS)
+
+# Synthetic data generation: 10,000 scenes, every answer re-checked (docs/data.md).
 bench-data: $(STAMP)
-	$(PY) -m training.datagen.bench --n 10000 -o bench-out/shapes
+	$(PY) -m bench.datagen --n 10000 -o bench-out/shapes $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) bundles bench-out build runs .pytest_cache

@@ -1,5 +1,10 @@
 """`python -m bench [--quick] [--out bench-out] [--tokens N]`: build/reuse the model, measure, write the report.
 
+Decode runs the engine with llama.cpp's extra CPU buffer types (CPU_REPACK; AMX where the build has it) forced on
+and off, interleaved, each on a fresh model with the runtime's default vision graph (int8 on CPU when gated), so
+the report puts the defaults' image encode, prefill and decode side by side with and without the repack buffers.
+"on" runs only where `cpuprobe.extra_buffers_safe` says the extra buffer types cannot crash this machine.
+
 Runs are interleaved (engine, raw, engine, raw, ...) and the best of each is reported next to the median: other
 processes on a shared machine only ever slow a run down, so the best run is the closest to the machine's speed.
 Each run also reports tokens per second of process CPU time, which other processes barely disturb when the
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt, bundle = build.ensure_bundle(out, sizes)
     t_built = time.perf_counter()
 
-    from llava_local.cpuprobe import extra_buffers_ok
+    from llava_local.cpuprobe import _cpu_flags, build_has_amx, extra_buffers_ok, extra_buffers_safe
     from llava_local.engine import default_threads
     from llava_local.manifest import load_manifest
     from llava_local.preprocess import preprocess
@@ -70,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(bundle)
     threads = args.threads or default_threads()
     image = _image(out, sizes.image_size)
-    results: dict = {"sizes": sizes.__dict__, "threads": threads, "decode": {}, "vision": {}, "vision_by_threads": {}}
+    results: dict = {"sizes": sizes.__dict__, "threads": threads, "decode": {}, "vision": {}, "vision_by_threads": {},
+                     "amx_advertised": "amx_tile" in _cpu_flags().split(), "build_has_amx": build_has_amx()}
     if args.vision_only:  # keep the last run's decode numbers, measure the image encoders again
         last = json.loads((out / "results.json").read_text())
         results["decode"], threads = last["decode"], last["threads"]
@@ -78,17 +84,23 @@ def main(argv: list[str] | None = None) -> int:
         results["decode_from_earlier_run"] = True
     for quant in () if args.vision_only else ("q4_k_m", "f16"):
         gguf = bundle / manifest.llm.files[quant]
-        extra = extra_buffers_ok(gguf, quant)
-        eng, raw = [], []
-        for _ in range(args.repeats):
-            # a fresh cache dir per engine run would re-encode; the image embedding is cached after run 1, which
-            # does not matter here: only the decode phase is timed
-            eng.append(decode.engine_decode(bundle, quant, image, args.tokens, threads))
-            raw.append(decode.raw_decode(gguf, eng[0]["n_prompt"], args.tokens, threads, extra, eng[0]["n_ctx"]))
-            print(f"bench: {quant} engine {eng[-1]['tokens_per_second']:.1f} tok/s "
-                  f"({eng[-1]['tokens_per_cpu_second']:.1f} per CPU-s), raw {raw[-1]['tokens_per_second']:.1f} tok/s "
+        extra = extra_buffers_ok(gguf, quant)  # the runtime's default on this machine
+        settings = (True, False) if extra_buffers_safe(gguf, quant) else (False,)  # never force a crash
+        runs: dict[bool, list] = {s: [] for s in settings}
+        raw = []
+        for i in range(args.repeats):
+            for repack in settings if i % 2 == 0 else settings[::-1]:  # alternate the order: no setting goes first
+                e = decode.engine_decode(bundle, quant, image, args.tokens, threads, repack=repack)
+                runs[repack].append(e)
+                print(f"bench: {quant} engine repack {'on ' if repack else 'off'} image ({e['vision_dtype']}) "
+                      f"{e['image_seconds']:.2f} s, prefill {e['prefill_cpu_seconds']:.2f} CPU-s, decode "
+                      f"{e['tokens_per_second']:.1f} tok/s ({e['tokens_per_cpu_second']:.1f} per CPU-s)", flush=True)
+            e0 = runs[extra][0]
+            raw.append(decode.raw_decode(gguf, e0["n_prompt"], args.tokens, threads, extra, e0["n_ctx"]))
+            print(f"bench: {quant} raw {raw[-1]['tokens_per_second']:.1f} tok/s "
                   f"({raw[-1]['tokens_per_cpu_second']:.1f} per CPU-s)", flush=True)
-        results["decode"][quant] = {"engine": eng, "raw": raw, "extra_buffers": extra,
+        results["decode"][quant] = {"engine": runs[extra], "raw": raw, "extra_buffers": extra,
+                                    "repack": {"on" if k else "off": v for k, v in runs.items()},
                                     "file_mib": gguf.stat().st_size / 2**20}
     if not args.vision_only:
         hf = decode.hf_decode(ckpt, results["decode"]["q4_k_m"]["engine"][0]["n_prompt"], min(args.tokens, 32),
@@ -110,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     text = report.render(results, quick=args.quick)
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(text)
+    args.report.write_text(report.keep_sections(text, args.report))
     print(f"bench: wrote {args.report} ({time.perf_counter() - t_start:.0f}s in all)")
     return 0
 

@@ -6,7 +6,10 @@ thread it is the speed the machine would give with nobody else on it, so it is w
 shared machine) and the sizes it ran with. All three start from a prompt of the same length
 (`n_prompt` positions: the engine's real prompt with one image; the raw loop and transformers get that many
 token ids) and generate `n_gen` greedy tokens, so the KV cache length matches.
-- `engine_decode`: `llava_local.ChatSession.ask` with an image (TextChunk timestamps; EOS can end it early).
+- `engine_decode`: `llava_local.ChatSession.ask` with an image (TextChunk timestamps; EOS can end it early), with
+  the runtime's defaults (the vision dtype `open_model` picks: int8 on CPU when the bundle has a gated one) and
+  llama.cpp's extra CPU buffer types (CPU_REPACK) forced on or off by `repack` (None: `cpuprobe` decides). It also
+  reports that run's image encode (embedding cache off, so every run encodes) and prompt prefill, wall and CPU.
 - `raw_decode`: the textbook loop, `llama_batch_get_one([tok])` + `llama_sampler_init_greedy`, same context
   parameters (threads, n_batch, extra buffer types), nothing else per token.
 - `hf_decode`: `LlamaForCausalLM` (eager attention, fp32) with its KV cache, one token per forward.
@@ -19,18 +22,36 @@ from pathlib import Path
 from typing import Any
 
 
-def engine_decode(bundle: Path, quant: str, image: Path, n_gen: int, threads: int) -> dict[str, Any]:
-    from llava_local import ChatSession, GenerationConfig, RuntimeConfig, open_model
-    from llava_local.events import Finished, PromptProcessed
+def engine_decode(bundle: Path, quant: str, image: Path, n_gen: int, threads: int, repack: bool | None = None,
+                  ) -> dict[str, Any]:
+    import os
 
-    with open_model(bundle, RuntimeConfig(device="cpu", quant=quant, n_threads=threads)) as m:
+    from llava_local import ChatSession, GenerationConfig, RuntimeConfig, open_model
+    from llava_local.cpuprobe import REPACK_ENV
+    from llava_local.events import Finished, ImageEncoded, PromptProcessed
+
+    before = os.environ.get(REPACK_ENV)
+    if repack is not None:
+        os.environ[REPACK_ENV] = "1" if repack else "0"
+    try:
+        m = open_model(bundle, RuntimeConfig(device="cpu", quant=quant, n_threads=threads, embedding_cache=False))
+    finally:
+        if before is None:
+            os.environ.pop(REPACK_ENV, None)
+        else:
+            os.environ[REPACK_ENV] = before
+    with m:
         s = ChatSession(m, GenerationConfig(temperature=0, max_tokens=n_gen), system="")
-        prefill = 0.0
         fin = None
-        t0 = time.perf_counter()
+        t0 = ti = time.perf_counter()
+        c_start = ci = time.process_time()
+        image_s = image_cpu = 0.0
         for ev in s.ask("Describe the image in detail.", images=[image]):
-            if isinstance(ev, PromptProcessed):
-                prefill = time.perf_counter() - t0
+            if isinstance(ev, ImageEncoded):
+                image_s, image_cpu = ev.seconds, time.process_time() - c_start
+                ti, ci = time.perf_counter(), time.process_time()
+            elif isinstance(ev, PromptProcessed):
+                prefill, prefill_cpu = time.perf_counter() - ti, time.process_time() - ci
                 w0, c0 = time.perf_counter(), time.process_time()
             elif isinstance(ev, Finished):
                 w1, c1 = time.perf_counter(), time.process_time()
@@ -42,7 +63,9 @@ def engine_decode(bundle: Path, quant: str, image: Path, n_gen: int, threads: in
         cps = (n - 1) / (c1 - c0) if n > 1 else 0.0
         return {"tokens_per_second": tps, "tokens_per_cpu_second": cps, "n_generated": n,
                 "n_prompt": fin.n_prompt_tokens, "n_ctx": m.engine.n_ctx, "prefill_seconds": prefill,
-                "stop_reason": fin.stop_reason}
+                "prefill_cpu_seconds": prefill_cpu, "image_seconds": image_s, "image_cpu_seconds": image_cpu,
+                "vision_dtype": m.info.vision_dtype, "extra_buffers": m.engine.extra_buffers,
+                "stop_reason": fin.stop_reason, "total_seconds": time.perf_counter() - t0}
 
 
 def raw_decode(gguf: Path, n_prompt: int, n_gen: int, threads: int, extra_buffers: bool, n_ctx: int | None = None,

@@ -147,9 +147,9 @@ def run(out: Path, repeats: int, threads: int) -> dict[str, Any]:
 
     from converters import vision_onnx
     from converters.export_llamacpp import MtmdEncoder
-    from converters.import_gguf import sample_pixels
     from converters.mmproj import read_mmproj
     from converters.mmproj_onnx import build_onnx, reference_forward
+    from converters.verify import sample_pixels
     from llava_local.preprocess import PreprocessConfig, preprocess
     from llava_local.vision import VisionEncoder
 

@@ -1,12 +1,16 @@
-"""Render `docs/benchmarks.md` from the results dict of `bench.__main__` (numbers, ratios, targets, machine)."""
+"""Render `docs/benchmarks.md` from the results dict of `bench.__main__` (numbers, ratios, targets, machine, and the
+defaults section: int8 vision and llama.cpp's repack buffers on vs off, as the runtime runs them here)."""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 
 TARGET_DECODE = 0.97  # engine decode tokens/s ≥ 0.97 × the raw llama.cpp loop
 TARGET_VISION = 2.0  # ONNX fp32 encode ≥ 2 × faster than torch eager
@@ -79,7 +83,12 @@ def render(r: dict, quick: bool = False) -> str:
         f"- threads: {r['threads']} (llama.cpp, ONNX Runtime and torch alike); load average before/after: "
         f"{', '.join(f'{x:.1f}' for x in r['loadavg_before'])} / {', '.join(f'{x:.1f}' for x in r['loadavg_after'])}"
         " (the machine was shared with other jobs: best-of-N is the fairer number)",
+        *([f"- llama.cpp extra CPU buffer types: CPU_REPACK in this build; AMX buffer type "
+           f"{'compiled in' if r['build_has_amx'] else 'not compiled in (no AMX_INT8 in its system info)'}; "
+           f"the CPU {'advertises' if r['amx_advertised'] else 'does not advertise'} AMX"]
+          if "build_has_amx" in r else []),
         "",
+        *_defaults_section(r),
         "## Decode (tokens/s after the first token, greedy, same prompt length and context size)",
         "",
         *(["These decode numbers come from an earlier full run (`python -m bench --vision-only` re-measured only "
@@ -135,12 +144,14 @@ def render(r: dict, quick: bool = False) -> str:
         "of milliseconds per token here, so engine/raw is 1.0 within the noise of a shared machine.",
         *_vision_notes(r),
         "",
-        "## Training throughput (GPU)",
+        "## Other benchmarks (`bench/`)",
         "",
-        "Unmeasured: no GPU was available where these numbers were taken. `python -m training.bench_gpu --steps 8` "
-        "(one GPU) or `torchrun --standalone --nproc-per-node N -m training.bench_gpu --steps 8` runs a few stage-2 "
-        "steps of a ~1B LLaVA (CLIP ViT-L/14-336 + TinyLlama-1.1B shape) with FSDP2, bf16 and activation "
-        "checkpointing and prints tokens/s, MFU and peak memory; paste its output here when it has run on a GPU.",
+        "- Training throughput (GPU), `make bench-gpu` (`python -m bench.gpu_train --steps 8`, or `torchrun "
+        "--standalone --nproc-per-node N -m bench.gpu_train --steps 8`): a few stage-2 steps of a ~1B LLaVA (CLIP "
+        "ViT-L/14-336 + TinyLlama-1.1B shape) with FSDP2, bf16 and activation checkpointing; prints tokens/s, MFU "
+        "and peak memory. Unmeasured: no GPU was available where these numbers were taken.",
+        "- Synthetic data generation, `make bench-data` (`python -m bench.datagen --n 10000 -o DIR`): scenes per "
+        "second and a re-check of every answer; numbers in docs/data.md.",
         "",
         f"Build (cached under bench-out/): {r['build_seconds']:.0f} s; measurements: {r['measure_seconds']:.0f} s.",
         "",
@@ -178,9 +189,9 @@ def _vision_notes(r: dict) -> list[str]:
             f"2x over torch would mean {2 * gflop / torch:.0f} GFLOP/s on one core, more than an AVX-512 core's fp32 "
             "peak (64 FLOP per cycle with two FMA units: about 130-200 GFLOP/s at 2-3 GHz), so fp32 cannot reach "
             "the 2x target on this CPU, whatever the graph. The speed is in int8 (dynamic quantization of the MatMul "
-            "weights, VNNI): it passed the converter's cosine gate even on random weights. Suggested: make int8 the "
-            "CPU default vision file whenever the converter's gate accepts it; fp32/fp16 "
-            "are for GPUs.")
+            "weights, VNNI): it passed the converter's cosine gate even on random weights, and it is what the "
+            "runtime runs on CPU when no --vision-dtype is given and the bundle records a passed gate "
+            "(`llava_local.bundle.preferred_vision_dtype`); fp32 stays selectable, fp16 is the CUDA default.")
     else:
         out.append("- Vision: ONNX Runtime fp32 and torch eager are both GEMM-bound on this graph.")
     if len(by_threads) > 1:
@@ -190,6 +201,71 @@ def _vision_notes(r: dict) -> list[str]:
             "hardest, which is why its 2-thread time doubles). Compare encoders on the 1-thread table; the 2-thread "
             "table says how each behaves under contention, not how fast it is on an idle machine.")
     return out
+
+
+def _best_median(runs: list[dict], key: str, best: Callable[[list[float]], float] = min) -> str:
+    vals = [x[key] for x in runs]
+    return f"{best(vals):.2f} / {statistics.median(vals):.2f}"
+
+
+def _defaults_section(r: dict) -> list[str]:
+    """Image encode, prefill and decode as `llava-local chat` runs here, llama.cpp's repack buffers on vs off."""
+    d = {q: v for q, v in r["decode"].items() if isinstance(v, dict) and "repack" in v}
+    if not d:
+        return []
+    first = next(iter(d.values()))
+    e0 = next(iter(first["repack"].values()))[0]
+    lines = [
+        "## Defaults on this machine: int8 vision, llama.cpp repack buffers on vs off",
+        "",
+        f"What `llava-local chat` runs here without flags: vision graph {e0.get('vision_dtype', '?')}, llama.cpp's "
+        f"extra CPU buffer types {'on' if first['extra_buffers'] else 'off'} (`llava_local/cpuprobe.py`). Every run "
+        "is `ChatSession.ask` on a freshly opened model (embedding cache off, so each run encodes the image), the two "
+        f"settings interleaved; prompt {e0.get('n_prompt', '?')} positions (one image + text). CPU seconds (best "
+        "run) are the numbers to compare on a shared machine; in parentheses the median wall time; decode wall: "
+        "best / median.",
+        "",
+        "| model | repack buffers | image encode CPU-s (wall) | prefill CPU-s (wall) | decode tok/s wall | "
+        "decode per CPU-s | on / off: prefill, decode (CPU) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    verdicts = []
+    for quant, v in d.items():
+        on, off = v["repack"].get("on"), v["repack"].get("off")
+        for name, runs in (("on", on), ("off", off)):
+            if not runs:
+                continue
+            ratio = ""
+            if name == "on" and off:
+                p_on, p_off = (min(x["prefill_cpu_seconds"] for x in rs) for rs in (on, off))
+                dec = _cpu(on) / _cpu(off)
+                ratio = f"{p_off / p_on:.2f}x, {dec:.2f}x"
+                verdict = f"{quant}: prefill {p_off / p_on:.2f}x, decode {dec:.2f}x"
+                per_tok = 1 / _cpu(off) - 1 / _cpu(on)  # CPU-s saved per generated token with repack on
+                clear = abs(p_off / p_on - 1) > 0.05 and abs(dec - 1) > 0.05  # both beyond the noise
+                if clear and (p_on - p_off) * per_tok > 0:  # one wins the prefill, the other the decode
+                    verdict += (f" (they break even at an answer of about {(p_on - p_off) / per_tok:.0f} tokens after "
+                                "this prompt)")
+                verdicts.append(verdict)
+            img = min(x.get("image_cpu_seconds", x["image_seconds"]) for x in runs)
+            img_wall = statistics.median(x["image_seconds"] for x in runs)
+            pre = min(x["prefill_cpu_seconds"] for x in runs)
+            pre_wall = statistics.median(x["prefill_seconds"] for x in runs)
+            wall = _best_median(runs, "tokens_per_second", max)
+            lines.append(f"| {quant} | {name} | {img:.2f} ({img_wall:.2f}) | {pre:.2f} ({pre_wall:.2f}) | {wall} | "
+                         f"{_cpu(runs):.2f} | {ratio} |")
+    lines.append("")
+    if verdicts:
+        lines += [f"Repack on vs off (CPU time, > 1 means on is faster): {'; '.join(verdicts)}. CPU_REPACK holds "
+                  "only quantized weights it has x86 kernels for (Q4_0, Q4_K, Q2_K, IQ4_NL, MXFP4; here the Q4_K "
+                  "matrices of q4_k_m, interleaved 8x8); q8_0, q6_k, q5_k_m and f16 models put nothing in it, so the "
+                  "f16 rows differ only by the noise of a shared machine and show how large that noise is. "
+                  "`llava_local/cpuprobe.py` follows these numbers: CPU_REPACK alone is off on AVX-512 CPUs like "
+                  "this one, on elsewhere; `LLAVA_LOCAL_REPACK=1` turns it on.", ""]
+    else:
+        lines += ["Repack buffers were not measured on: the CPU probe says llama.cpp's extra buffer types crash "
+                  "this machine, so the runtime keeps them off.", ""]
+    return lines
 
 
 def _vision_table(v: dict, threads: int, heading: bool) -> list[str]:
@@ -212,7 +288,8 @@ def _vision_table(v: dict, threads: int, heading: bool) -> list[str]:
         if key == "onnx_int8":
             cos = x.get("cosine_vs_fp32")
             note = (f"cosine vs fp32 {cos:.4f}; " if cos is not None else "") + (
-                "shipped in the bundle" if x.get("in_bundle") else "rejected by the converter's gate on random "
+                "shipped in the bundle; the runtime's CPU default" if x.get("in_bundle") else "rejected by the "
+                "converter's gate on random "
                 "weights; measured anyway")
         cpu = f"{t['cpu_seconds'] / x['cpu_seconds']:.2f}x" if t else "-"
         wall = f"{t['best'] / x['best']:.2f}x" if t else "-"
@@ -224,3 +301,14 @@ def _vision_table(v: dict, threads: int, heading: bool) -> list[str]:
 def _llm_params(s: dict) -> int:
     h, ffn, L, heads, kv, V = s["hidden"], s["ffn"], s["layers"], s["heads"], s["kv_heads"], s["vocab_rows"]
     return L * (2 * h * h + 2 * h * (h // heads * kv) + 3 * h * ffn) + 2 * V * h
+
+
+_SECTION = re.compile(r"<!-- bench\.(\w+): begin -->.*?<!-- bench\.\1: end -->\n?", re.S)
+
+
+def keep_sections(text: str, old_report: Path) -> str:
+    """`text` plus the sections other benchmarks wrote into `old_report` between their own markers
+    (`<!-- bench.NAME: begin/end -->`, e.g. bench.serve, bench.mmproj), so regenerating this report keeps them."""
+    old = old_report.read_text(encoding="utf-8") if old_report.is_file() else ""
+    kept = [m.group(0).rstrip("\n") for m in _SECTION.finditer(old) if m.group(0) not in text]
+    return text.rstrip("\n") + "".join(f"\n\n{k}" for k in kept) + "\n"

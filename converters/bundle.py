@@ -34,6 +34,7 @@ from typing import Any
 from llava_local import __version__
 from llava_local.errors import BundleError, ConversionError
 from llava_local.manifest import (
+    DEFAULT_LLM_QUANT,
     LLM_QUANTS,
     VISION_DTYPES,
     LLMSpec,
@@ -56,7 +57,7 @@ def llm_file(quant: str) -> str:
 class ConvertOptions:
     src: Path
     out: Path
-    quants: tuple[str, ...] = ("q4_k_m",)  # the first is the manifest default
+    quants: tuple[str, ...] = (DEFAULT_LLM_QUANT,)  # the first is the manifest default
     vision_dtypes: tuple[str, ...] = ("fp32",)  # the first is the manifest default; fp32 is always written
     vision_tower: Path | None = None
     template: str | None = None
@@ -252,39 +253,15 @@ def convert(opts: ConvertOptions, *, show_progress: bool = True, step_hook: Call
             progress.note(f"layout {ckpt.layout}, projector {ckpt.projector_type}, {ckpt.tokens_per_image} image "
                           f"tokens x {ckpt.embed_dim}, preprocess {ckpt.preprocess.mode} {ckpt.preprocess.size}px")
         hook("vision")
-        vision_files = {"fp32": VISION_FILES["fp32"]}
-        parity: dict[str, Any] = {}
-        build_info: dict[str, Any] = {}  # lands in the manifest's provenance
         with progress.step("vision.onnx (fp32)"):
             encoder, _, _ = torch_ref.build_vision_encoder(ckpt)
             vision_onnx.export_fp32(encoder, ckpt.preprocess.size, tmp / VISION_FILES["fp32"])
             del encoder
-        for dtype in extra_vision:
-            hook(f"vision-{dtype}")
-            with progress.step(VISION_FILES[dtype]):
-                if dtype == "fp16":
-                    vision_onnx.make_fp16(tmp / VISION_FILES["fp32"], tmp / VISION_FILES["fp16"])
-                else:
-                    pixels = _gate_pixels(ckpt)
-                    try:
-                        cos = vision_onnx.make_int8(tmp / VISION_FILES["fp32"], tmp / VISION_FILES["int8"], pixels)
-                        parity["int8_gate"] = {"cosine": cos, "min_cosine": vision_onnx.INT8_MIN_COSINE,
-                                               "written": True}
-                    except vision_onnx.Int8Rejected as e:
-                        progress.note(f"warning: {e}")
-                        parity["int8_gate"] = {"written": False, "reason": str(e)}
-                        continue
-                vision_files[dtype] = VISION_FILES[dtype]
-        if opts.fuse_vision:
-            hook("vision-fuse")
-            with progress.step("vision.onnx: fuse attention, LayerNorm, GELU (onnxruntime.transformers)"):
-                vc = ckpt.vision_config
-                fusion = vision_onnx.fuse_fp32(tmp / VISION_FILES["fp32"], vc.num_attention_heads, vc.hidden_size,
-                                               _gate_pixels(ckpt))
-                build_info["vision_fusion"] = fusion
-                ops = ", ".join(f"{n} {k}" for k, n in fusion["ops"].items()) or "nothing fused"
-                progress.note(f"fused graph: {ops}; max|Δ| vs plain {fusion['max_abs_vs_plain']:.1e}"
-                              + ("" if fusion["fused"] else " (kept the plain graph)"))
+        vc = ckpt.vision_config
+        # parity gets the int8 gate; build_info (the fusion report) lands in the manifest's provenance
+        vision_files, parity, build_info = vision_variants(
+            tmp, extra_vision, _gate_pixels(ckpt), progress, hook,
+            fuse=(vc.num_attention_heads, vc.hidden_size) if opts.fuse_vision else None)
         hook("gguf")
         with progress.step(f"{llm_file(base)} (gguf-py)"):
             llm_gguf.write_gguf(ckpt, tmp / llm_file(base), base, name=opts.name or target.name)
@@ -327,14 +304,45 @@ def convert(opts: ConvertOptions, *, show_progress: bool = True, step_hook: Call
     return ConvertResult(bundle=target, manifest=manifest, failures=failures)
 
 
+def vision_variants(work: Path, extra_dtypes: list[str], pixels: Any, progress: Progress,
+                    hook: Callable[[str], None], fuse: tuple[int, int] | None) -> tuple[dict[str, str], dict[str, Any],
+                                                                                         dict[str, Any]]:
+    """From the plain fp32 `work/vision.onnx`: the fp16 and (gated) int8 variants asked for, then the fp32 graph fused
+    in place when `fuse` gives (attention heads, width). `pixels` (B,3,S,S) feed the int8 gate and the fusion check.
+    Returns (vision files by dtype, parity entries (`int8_gate`), build info (`vision_fusion`))."""
+    from . import vision_onnx
+
+    fp32 = work / VISION_FILES["fp32"]
+    files, parity, build = {"fp32": VISION_FILES["fp32"]}, {}, {}
+    for dtype in extra_dtypes:
+        hook(f"vision-{dtype}")
+        with progress.step(VISION_FILES[dtype]):
+            if dtype == "fp16":
+                vision_onnx.make_fp16(fp32, work / VISION_FILES["fp16"])
+            else:
+                try:
+                    cos = vision_onnx.make_int8(fp32, work / VISION_FILES["int8"], pixels)
+                    parity["int8_gate"] = {"cosine": cos, "min_cosine": vision_onnx.INT8_MIN_COSINE, "written": True}
+                except vision_onnx.Int8Rejected as e:
+                    progress.note(f"warning: {e}")
+                    parity["int8_gate"] = {"written": False, "reason": str(e)}
+                    continue
+            files[dtype] = VISION_FILES[dtype]
+    if fuse is not None:
+        hook("vision-fuse")
+        with progress.step("vision.onnx: fuse attention, LayerNorm, GELU (onnxruntime.transformers)"):
+            fusion = vision_onnx.fuse_fp32(fp32, fuse[0], fuse[1], pixels)
+            build["vision_fusion"] = fusion
+            ops = ", ".join(f"{n} {k}" for k, n in fusion["ops"].items()) or "nothing fused"
+            progress.note(f"fused graph: {ops}; max|Δ| vs plain {fusion['max_abs_vs_plain']:.1e}"
+                          + ("" if fusion["fused"] else " (kept the plain graph)"))
+    return files, parity, build
+
+
 def _gate_pixels(ckpt: Any) -> Any:
-    import numpy as np
+    from .verify import sample_pixels
 
-    from llava_local.preprocess import preprocess
-
-    from .verify import sample_images
-
-    return np.concatenate([preprocess(img, ckpt.preprocess) for img in sample_images(3)])
+    return sample_pixels(ckpt.preprocess)
 
 
 def _manifest(opts: ConvertOptions, ckpt: Any, target: Path, tmp: Path, vision_files: dict[str, str],

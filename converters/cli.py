@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from llava_local.manifest import LLM_QUANTS, VISION_DTYPES
+from llava_local.manifest import DEFAULT_LLM_QUANT, LLM_QUANTS, VISION_DTYPES
 
 HELP = "convert a LLaVA checkpoint into a bundle (needs the [convert] extra)"
 EXTRA = "convert"
@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help="bundle directory to write (default: the models dir under --name)")
     parser.add_argument("--quant", action="append", choices=list(LLM_QUANTS), default=None,
-                        help="GGUF quantization; repeat for several, the first is the default (default: q4_k_m)")
+                        help="GGUF quantization; repeat for several, the first is the default "
+                        f"(default: {DEFAULT_LLM_QUANT})")
     parser.add_argument("--vision-dtype", action="append", choices=list(VISION_DTYPES), default=None,
                         help="vision graph variants besides fp32; the first is the default (default: fp32)")
     parser.add_argument("--vision-tower", type=Path, default=None,
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         out = models_dir() / args.name
     _require()
     opts = ConvertOptions(
-        src=args.src, out=out, quants=tuple(args.quant or ("q4_k_m",)),
+        src=args.src, out=out, quants=tuple(args.quant or (DEFAULT_LLM_QUANT,)),
         vision_dtypes=tuple(args.vision_dtype or ("fp32",)), vision_tower=args.vision_tower,
         template=args.template, name=args.name, verify=not args.no_verify, force=args.force,
         fuse_vision=not args.no_fuse_vision, suggested_prompts=tuple(args.suggest or ()),

@@ -29,7 +29,8 @@ import numpy as np
 from llava_local.errors import ConversionError
 
 from .bundle import _prepare_target, _publish
-from .import_gguf import _link_or_copy, sample_pixels
+from .import_gguf import _link_or_copy
+from .verify import sample_pixels
 
 MMPROJ_NAME = "mmproj-model-f16.gguf"
 FORMATS = ("llama.cpp",)

@@ -40,9 +40,10 @@ from llava_local.manifest import LLM_FTYPES, VISION_DTYPES, LLMSpec, Manifest, V
 from llava_local.preprocess import PreprocessConfig
 from llava_local.templates import TEMPLATES, Turn, get_template, text_chunks
 
-from .bundle import VISION_FILES, Progress, _prepare_target, _publish, _Step, llm_file
+from .bundle import VISION_FILES, Progress, _prepare_target, _publish, _Step, llm_file, vision_variants
 from .mmproj import field_value, open_gguf, read_mmproj
 from .sources import Source, resolve_source
+from .verify import sample_pixels
 
 DEFAULT_TEMPLATE, DEFAULT_PREPROCESS = "vicuna_v1", "pad"
 VISION_MAX_ABS = 1e-3  # fp32 ONNX vs the float64 numpy reference, relative to max(1, max|ref|)
@@ -184,28 +185,10 @@ def _link_or_copy(src: Path, dst: Path) -> str:
         return "copy"
 
 
-def sample_pixels(cfg: PreprocessConfig, n: int = 3, seed: int = 0) -> np.ndarray:
-    """Deterministic check images (noise, a gradient, shapes) through the bundle's preprocessing: (n,3,S,S)."""
-    from PIL import Image, ImageDraw
-
-    from llava_local.preprocess import preprocess
-
-    rng = np.random.default_rng(seed)
-    images = [Image.fromarray(rng.integers(0, 256, (48, 72, 3), dtype=np.uint8))]
-    grad = np.linspace(0, 255, 90, dtype=np.float32)[:, None, None] * np.array([1.0, 0.5, 0.2], np.float32)
-    images.append(Image.fromarray(np.broadcast_to(grad, (90, 40, 3)).astype(np.uint8)))
-    square = Image.new("RGB", (64, 64), (255, 255, 255))
-    draw = ImageDraw.Draw(square)
-    draw.ellipse((4, 4, 30, 30), fill=(220, 30, 30))
-    draw.rectangle((34, 30, 60, 58), fill=(30, 60, 220))
-    images.append(square)
-    return np.concatenate([preprocess(img, cfg) for img in images[:n]])
-
-
 def import_pair(opts: ImportOptions, *, show_progress: bool = True,
                 step_hook: Callable[[str], None] | None = None) -> ImportResult:
     """Import `opts.source` into a bundle at `opts.out` (see the module docstring)."""
-    from . import mmproj_onnx, vision_onnx
+    from . import mmproj_onnx
 
     hook = step_hook or (lambda name: None)
     src = resolve(opts)
@@ -239,32 +222,8 @@ def import_pair(opts: ImportOptions, *, show_progress: bool = True,
         hook("vision")
         with progress.step(f"vision.onnx from {src.mmproj.name} ({spec.blocks} blocks, {spec.projector})"):
             mmproj_onnx.build_onnx(mm, tmp / VISION_FILES["fp32"])
-        vision_files = {"fp32": VISION_FILES["fp32"]}
-        parity: dict[str, Any] = {}
-        build: dict[str, Any] = {}
-        for dtype in extra_vision:
-            hook(f"vision-{dtype}")
-            with progress.step(VISION_FILES[dtype]):
-                if dtype == "fp16":
-                    vision_onnx.make_fp16(tmp / VISION_FILES["fp32"], tmp / VISION_FILES["fp16"])
-                else:
-                    try:
-                        cos = vision_onnx.make_int8(tmp / VISION_FILES["fp32"], tmp / VISION_FILES["int8"], pixels)
-                        parity["int8_gate"] = {"cosine": cos, "min_cosine": vision_onnx.INT8_MIN_COSINE,
-                                               "written": True}
-                    except vision_onnx.Int8Rejected as e:
-                        progress.note(f"warning: {e}")
-                        parity["int8_gate"] = {"written": False, "reason": str(e)}
-                        continue
-                vision_files[dtype] = VISION_FILES[dtype]
-        if opts.fuse_vision:
-            hook("vision-fuse")
-            with progress.step("vision.onnx: fuse attention, LayerNorm, GELU (onnxruntime.transformers)"):
-                fusion = vision_onnx.fuse_fp32(tmp / VISION_FILES["fp32"], spec.heads, spec.width, pixels)
-                build["vision_fusion"] = fusion
-                ops = ", ".join(f"{n} {k}" for k, n in fusion["ops"].items()) or "nothing fused"
-                progress.note(f"fused graph: {ops}; max|Δ| vs plain {fusion['max_abs_vs_plain']:.1e}"
-                              + ("" if fusion["fused"] else " (kept the plain graph)"))
+        vision_files, parity, build = vision_variants(tmp, extra_vision, pixels, progress, hook,
+                                                      fuse=(spec.heads, spec.width) if opts.fuse_vision else None)
         hook("llm")
         llm_name = llm_file(quant)
         if opts.quant is not None and opts.quant != info.file_type:

@@ -17,7 +17,7 @@ Contract: `verify(ckpt, work_dir, vision_files, llm_files, ...) -> dict` (the ma
 - runtime: with `runtime_quants`, the work dir (which then holds a provisional manifest) is opened with the
   runtime's public API (`open_model`, `ChatSession`, temperature 0) and its answer text, which stops at EOS,
   is compared with transformers' greedy `generate` on the same PNG bytes and prompt. When the texts differ, the
-  bundle's own greedy tokens (LlamaRunner, EOS allowed, the same ONNX rows) are decoded too: a runtime text equal
+  bundle's own greedy tokens (`Engine`, EOS allowed, the same ONNX rows) are decoded too: a runtime text equal
   to them, parting from torch's at a near tie, passes (`runtime_answer_ok`).
 - near ties: greedy sequences of two correct implementations may part where torch's top two logits are closer
   than the format's logit error (a briefly trained model has many such spots). `divergence(...)` finds the first
@@ -27,6 +27,8 @@ Contract: `verify(ckpt, work_dir, vision_files, llm_files, ...) -> dict` (the ma
   fails f32/f16.
 `failures(report)` lists what breaks the gates: fp32/fp16 vision, tokenizer ids, and f32/f16 GGUF logits and
 answers. Quantized GGUFs and int8 vision are measured and reported, not gated here (int8 has its own gate).
+llama.cpp runs through the runtime's own `llava_local.engine.Engine` (`open_engine`), with the extra CPU buffer
+types `llava_local.cpuprobe` allows on this machine, as the runtime uses them.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ from typing import Any
 
 import numpy as np
 
+from llava_local.cpuprobe import extra_buffers_ok
+from llava_local.engine import Engine
 from llava_local.preprocess import preprocess
 from llava_local.templates import Turn, get_template, text_chunks
 
 from .layouts import Checkpoint
-from .llama_runner import LlamaRunner
 from .vision_onnx import cosine, run_onnx
 
 
@@ -84,6 +87,11 @@ def sample_images(n: int = 3, seed: int = 0) -> list[Any]:
     return images[:n] if n <= len(images) else images + [images[i % 3].rotate(90 * i) for i in range(3, n)]
 
 
+def sample_pixels(cfg: Any, n: int = 3, seed: int = 0) -> np.ndarray:
+    """`sample_images` through a bundle's preprocessing (`PreprocessConfig`): float32 (n, 3, S, S)."""
+    return np.concatenate([preprocess(img, cfg) for img in sample_images(n, seed)])
+
+
 def _hf_ids(tok: Any, text: str, add_bos: bool) -> list[int]:
     return list(tok(text, add_special_tokens=add_bos).input_ids)
 
@@ -119,7 +127,7 @@ def verify(
     say = progress or (lambda msg: None)
     report: dict[str, Any] = {"verified": True, "gates": {k: v for k, v in gates.__dict__.items()},
                               "n_images": n_images, "n_tokens": n_tokens, "vision": {}, "llm": {}}
-    pixels = np.concatenate([preprocess(img, ckpt.preprocess) for img in sample_images(n_images)])  # (B,3,S,S)
+    pixels = sample_pixels(ckpt.preprocess, n_images)  # (B,3,S,S)
     clip, proj = build_clip(ckpt), build_projector(ckpt)
     ref = reference_features(clip, proj, torch.from_numpy(pixels), ckpt.feature_layer, ckpt.drop_cls).numpy()
     onnx_out: dict[str, np.ndarray] = {}
@@ -157,20 +165,18 @@ def verify(
     n_ctx = max(256, len(hf_chunks[0]) + len(rows) + len(hf_chunks[1]) + n_tokens + 8,
                 max(len(ids) for ids in hf_text) + 8)
     for quant, fname in llm_files.items():
-        with LlamaRunner(work_dir / fname, n_ctx=n_ctx, quant=quant) as run:
+        with open_engine(work_dir / fname, quant, n_ctx) as run:
             ids_equal = all(run.tokenize(c, i == 0) == hf_chunks[i] for i, c in enumerate(chunks))
             text_ids_equal = all(run.tokenize(p, True) == ids for p, ids in zip(text_prompts, hf_text))
             agree, max_abs, pairs = [], 0.0, []
             for ids, want in zip(hf_text, ref_logits):
-                run.pos = 0
-                _clear(run)
-                got = run.decode_tokens(ids, all_logits=True)
+                run.clear()
+                got = run.decode_tokens(ids, logits="all")
                 agree.append((got.argmax(-1) == want.argmax(-1)).mean())
                 max_abs = max(max_abs, float(np.abs(got - want).max()))
                 pairs.append((got, want))
             agree_ties = [top1_outside_ties(got, want, tie_tolerance(max_abs, gates)) for got, want in pairs]
-            _clear(run)
-            run.pos = 0
+            run.clear()
             # EOS suppressed, as min_new_tokens does on the torch side
             answer, steps = _greedy_answer(run, hf_chunks, rows, n_tokens, suppress_eos=True)
         div = divergence(answer, torch_answer, torch_steps, steps, tie_tolerance(max_abs, gates))
@@ -190,6 +196,12 @@ def verify(
                          rows_of=lambda px: run_onnx(work_dir / vision_files["fp32"], px), gates=gates,
                          llm_files=llm_files)
     return report
+
+
+def open_engine(gguf: Path, quant: str, n_ctx: int) -> Engine:
+    """The runtime's llama.cpp engine on one GGUF of the bundle being built, CPU only, with the extra buffer types
+    `cpuprobe.extra_buffers_ok` allows for this machine and quant (probed once, cached), as `open_model` does."""
+    return Engine(gguf, n_ctx=n_ctx, gpu=False, extra_buffers=extra_buffers_ok(gguf, quant))
 
 
 def _masked(logits: np.ndarray, token: int | None) -> np.ndarray:
@@ -258,7 +270,7 @@ def _runtime_answers(report: dict[str, Any], bundle: Path, quants: tuple[str, ..
     `runtime_answer_equal`: the runtime's text equals the HF tokenizer's decoding of torch's tokens.
     `runtime_answer_ok` (gated): the runtime's text equals torch's tokens rendered the runtime's way (llama.cpp
     pieces through `TextStream`: byte tokens that form invalid UTF-8 decode differently in HF's tokenizer, which
-    is not a bundle error), or it equals the bundle's own greedy tokens (LlamaRunner on `rows_of(pixels)`, the
+    is not a bundle error), or it equals the bundle's own greedy tokens (`Engine` on `rows_of(pixels)`, the
     fp32 ONNX rows) rendered that way and those part from torch's at a near tie."""
     import io
 
@@ -318,19 +330,20 @@ def _greedy(gguf: Path, quant: str, chunks: list[list[int]], rows: np.ndarray, m
             others: list[list[int]], stops: tuple[str, ...]) -> tuple[list[int], np.ndarray, list[str]]:
     """The bundle's greedy answer to chunk 0 + image rows + chunk 1, stopping after EOS (which it includes), the
     logits each token was chosen from (n, V), and the runtime's text of each of `others` and then of the answer."""
-    with LlamaRunner(gguf, n_ctx=len(chunks[0]) + len(rows) + len(chunks[1]) + max_tokens + 8, quant=quant) as run:
+    with open_engine(gguf, quant, len(chunks[0]) + len(rows) + len(chunks[1]) + max_tokens + 8) as run:
         out, steps = _greedy_answer(run, chunks, rows, max_tokens, suppress_eos=False)
         texts = [render(run, seq, stops) for seq in [*others, out]]
     return out, steps, texts
 
 
-def _greedy_answer(run: LlamaRunner, chunks: list[list[int]], rows: np.ndarray, max_tokens: int,
+def _greedy_answer(run: Engine, chunks: list[list[int]], rows: np.ndarray, max_tokens: int,
                    suppress_eos: bool) -> tuple[list[int], np.ndarray]:
     """Greedy tokens after chunk 0 + image rows + chunk 1, and the logits each was chosen from (n, V). With
     `suppress_eos` EOS is masked and exactly `max_tokens` come out; otherwise it stops after an end token."""
-    run.decode_tokens(chunks[0])
+    run.decode_tokens(chunks[0], logits=False)
     run.decode_embeddings(rows)
-    logits = run.decode_tokens(chunks[1])
+    run.decode_tokens(chunks[1])
+    logits = run.logits()
     out, steps = [], []
     for i in range(max_tokens):
         if suppress_eos:
@@ -339,11 +352,12 @@ def _greedy_answer(run: LlamaRunner, chunks: list[list[int]], rows: np.ndarray, 
         out.append(int(logits.argmax()))
         if i == max_tokens - 1 or (not suppress_eos and run.is_eog(out[-1])):
             break
-        logits = run.decode_tokens([out[-1]])
+        run.decode_tokens([out[-1]])
+        logits = run.logits()
     return out, np.stack(steps)
 
 
-def render(run: LlamaRunner, tokens: list[int], stops: tuple[str, ...] = ()) -> str:
+def render(run: Engine, tokens: list[int], stops: tuple[str, ...] = ()) -> str:
     """Answer tokens as the runtime shows them: llama.cpp's bytes through `TextStream` (UTF-8 with replacement,
     stop strings cut, first space dropped), up to the first end-of-generation token; stripped."""
     from llava_local.textstream import TextStream
@@ -354,12 +368,6 @@ def render(run: LlamaRunner, tokens: list[int], stops: tuple[str, ...] = ()) -> 
             break
     stream.flush()
     return stream.text.strip()
-
-
-def _clear(run: LlamaRunner) -> None:
-    import llama_cpp
-
-    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(run.ctx), True)
 
 
 def _near_tie(div: dict[str, Any] | None, max_abs_logit: float, gates: Gates) -> bool:

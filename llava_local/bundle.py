@@ -6,6 +6,12 @@ holds (`kv`: one key per position, a token id or `(image_id, row)`). `Model.embe
 image's embedding from the cache or runs the encoder. Validation happens here, before anything native can
 assert: the GGUF's input width must equal the manifest's `embed_dim`, a requested quant or vision dtype must be
 in the bundle, a GPU device must be really usable.
+
+Vision dtype when the user names none (`preferred_vision_dtype`, measured in docs/benchmarks.md): on a CPU
+backend the bundle's int8 graph when it has one and the manifest records that it passed the converter's int8 gate
+(`parity.int8_gate`: cosine with fp32 ≥ min_cosine), since int8 encodes an image ~4x faster there; fp16 on CUDA
+when the bundle has it; otherwise the manifest's default. `ModelInfo.vision_dtype` says which was used. The
+embedding cache is keyed by the vision file's sha256, so embeddings of different dtypes never mix.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from .manifest import Manifest, load_manifest
 from .models import resolve_model
 from .paths import cache_dir
 from .templates import ChatTemplate, get_template
-from .vision import VisionEncoder
+from .vision import VisionEncoder, likely_backend
 
 # Batch size for llama_decode: image rows and prompt tokens are fed in chunks of this many (llama.cpp's default).
 N_BATCH = 512
@@ -59,6 +65,25 @@ def _llm_backend(gpu: bool) -> str:
     return "CUDA" if "CUDA" in sysinfo else "Metal" if "METAL" in sysinfo else "GPU"
 
 
+def int8_gate_passed(manifest: Manifest) -> bool:
+    """Whether the manifest records that its int8 vision graph passed the converter's cosine gate."""
+    gate = manifest.parity.get("int8_gate")
+    if not isinstance(gate, dict):
+        return False
+    cos, floor = gate.get("cosine"), gate.get("min_cosine")
+    return isinstance(cos, (int, float)) and isinstance(floor, (int, float)) and cos >= floor
+
+
+def preferred_vision_dtype(manifest: Manifest, backend: str) -> str:
+    """The vision graph to run on `backend` ("CPU", "CUDA", "CoreML") when the user names none."""
+    files = manifest.vision.files
+    if backend == "CPU" and "int8" in files and int8_gate_passed(manifest):
+        return "int8"
+    if backend == "CUDA" and "fp16" in files:
+        return "fp16"
+    return manifest.vision.default
+
+
 def _pick(kind: str, flag: str, wanted: str | None, files: dict[str, str], default: str) -> str:
     key = wanted or default
     if key not in files:
@@ -74,9 +99,12 @@ class Model:
         self.manifest = manifest
         self.config = config
         self.quant = _pick("quantizations", "--quant", config.quant, manifest.llm.files, manifest.llm.default)
-        self.vision_dtype = _pick("vision files", "vision dtype", config.vision_dtype, manifest.vision.files,
-                                  manifest.vision.default)
         device = config.device
+        if config.vision_dtype is not None:
+            self.vision_dtype = _pick("vision files", "vision dtype", config.vision_dtype, manifest.vision.files,
+                                      manifest.vision.default)
+        else:
+            self.vision_dtype = preferred_vision_dtype(manifest, likely_backend(device))
         offload = gpu_offload_supported()
         if device in ("cuda", "metal") and not offload:
             raise EngineError(f"--device {device}: this llama-cpp-python was built without GPU support; reinstall "
@@ -101,8 +129,16 @@ class Model:
         vision_sha = verified_sha256(vision_file, manifest.files[vision_file.name]["sha256"])
         verified_sha256(gguf, manifest.files[gguf.name]["sha256"])
         self.vision = VisionEncoder(vision_file, manifest.vision, device=device, threads=threads)
+        picked = preferred_vision_dtype(manifest, self.vision.backend)
+        if config.vision_dtype is None and picked != self.vision_dtype:
+            # The provider we expected did not load (e.g. onnxruntime-gpu without a usable CUDA): pick again for
+            # the backend we really got.
+            self.vision_dtype, vision_file = picked, bundle_dir / manifest.vision.files[picked]
+            check_onnx(vision_file)
+            vision_sha = verified_sha256(vision_file, manifest.files[vision_file.name]["sha256"])
+            self.vision = VisionEncoder(vision_file, manifest.vision, device=device, threads=threads)
         self.engine = Engine(gguf, n_ctx=n_ctx, n_batch=N_BATCH, n_threads=threads, gpu=gpu,
-                             extra_buffers=extra_buffers_ok(gguf, self.quant))
+                             extra_buffers=extra_buffers_ok(gguf, self.quant), within_training_context=True)
         if self.engine.n_embd_inp != manifest.vision.embed_dim:
             self.engine.close()
             raise BundleError(

@@ -82,7 +82,7 @@ class RuntimeConfig:
     n_ctx: int | None = None  # None: the manifest's context_length
     n_threads: int | None = None  # None: llama.cpp's default
     quant: str | None = None  # which GGUF in the bundle; None: the manifest default
-    vision_dtype: str | None = None  # which ONNX in the bundle; None: the manifest default
+    vision_dtype: str | None = None  # which ONNX in the bundle; None: the best for the backend (bundle.py)
     embedding_cache: bool = True  # cache image embeddings on disk (cache dir)
 
     def __post_init__(self) -> None:

@@ -1,12 +1,16 @@
 """The llama.cpp engine: one model + one context, driven through llama-cpp-python's low-level API.
 
 Contract:
-- `Engine(gguf_path, n_ctx=..., n_batch=..., gpu=...)` loads the GGUF and creates a context (sequence 0 only).
+- `Engine(gguf_path, n_ctx=..., n_batch=..., gpu=...)` loads the GGUF and creates a context (sequence 0 only);
+  `within_training_context=True` (the runtime's models) refuses an n_ctx above the GGUF's training context first.
 - `tokenize(text, add_bos)` parses special tokens in template text (`</s>` → EOS id).
 - `decode_tokens(ids)` / `decode_embeddings(rows)` append at position `n_past`, split into chunks of at most
   `n_batch` entries (more than n_batch entries in one `llama_decode` is a GGML_ASSERT abort, not an error), text
-  and embedding rows never share a batch. Only the last entry of a call asks for logits when `logits=True`.
+  and embedding rows never share a batch. Only the last entry of a call asks for logits when `logits=True`;
+  `decode_tokens(ids, logits="all")` asks for every entry's and returns them as float32 [len(ids), n_vocab]
+  (the converter's parity checks compare every position with transformers).
 - `trim(n)` keeps the first n positions (`llama_memory_seq_rm`); `logits()` is the last output's logit row.
+- `extra_buffers`: llama.cpp's extra CPU weight buffer types (see `llava_local.cpuprobe`); the caller decides.
 - `Sampler(engine, GenerationConfig)` builds llama.cpp's sampler chain (penalties → top-k → top-p → temperature →
   dist(seed), or penalties → greedy when temperature is 0).
 Everything that could reach a native assert is validated first and raised as `EngineError`/`ContextOverflow`.
@@ -19,6 +23,7 @@ import ctypes
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -88,6 +93,7 @@ class Engine:
         n_threads: int | None = None,
         gpu: bool = False,
         extra_buffers: bool = True,
+        within_training_context: bool = False,
     ) -> None:
         ll = _llama()
         self._ll = ll
@@ -107,9 +113,10 @@ class Engine:
         self._ctx = None
         self._tok_batch = self._emb_batch = None
         # Before the KV cache is allocated: a bundle whose manifest promises more context than its GGUF was trained
-        # for (a mismatched or hostile bundle) would otherwise allocate gigabytes and answer with noise.
+        # for (a mismatched or hostile bundle) would otherwise allocate gigabytes and answer with noise. Opt-in: the
+        # converter's parity check sizes a short context itself, whatever the model was trained for.
         n_ctx_train = int(ll.llama_model_n_ctx_train(self._model))
-        if 0 < n_ctx_train < n_ctx:
+        if within_training_context and 0 < n_ctx_train < n_ctx:
             self.close()
             raise UsageError(f"a context of {n_ctx} tokens is more than {path.name} was trained for; use at most "
                              f"{n_ctx_train} (--n-ctx)")
@@ -130,6 +137,7 @@ class Engine:
         self._mem = ll.llama_get_memory(self._ctx)
         self.path = path
         self.gpu = gpu
+        self.extra_buffers = extra_buffers
         self.n_threads = threads
         # llama.cpp pads the context up to a multiple of 256; the budget we enforce is what was asked for.
         self.n_ctx = min(n_ctx, int(ll.llama_n_ctx(self._ctx)))
@@ -161,6 +169,12 @@ class Engine:
         if getattr(self, "_model", None):
             ll.llama_model_free(self._model)
             self._model = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
@@ -208,16 +222,27 @@ class Engine:
         self.n_past += n
         self.rows_decoded += n
 
-    def decode_tokens(self, tokens: Sequence[int], logits: bool = True) -> None:
-        """Append token ids at `n_past`; logits for the last one when `logits`."""
+    @overload
+    def decode_tokens(self, tokens: Sequence[int], logits: bool = True) -> None: ...
+
+    @overload
+    def decode_tokens(self, tokens: Sequence[int], logits: Literal["all"]) -> npt.NDArray[np.float32]: ...
+
+    def decode_tokens(self, tokens: Sequence[int], logits: bool | Literal["all"] = True
+                      ) -> npt.NDArray[np.float32] | None:
+        """Append token ids at `n_past`; logits for the last one when `logits`. With `logits="all"` every
+        position asks for logits and they are returned as float32 [len(tokens), n_vocab] (each chunk's rows are
+        copied out right after its `llama_decode`, before the next chunk overwrites them)."""
+        every = logits == "all"
         if not tokens:
-            return
+            return np.zeros((0, self.n_vocab), np.float32) if every else None
         bad = [t for t in tokens if not 0 <= t < self.n_vocab]
         if bad:
             raise EngineError(f"token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})")
         self._check_room(len(tokens))
         b = self._tok_batch
         self._has_logits = False
+        rows: list[npt.NDArray[np.float32]] = []
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start:start + self.n_batch]
             last_chunk = start + self.n_batch >= len(tokens)
@@ -226,11 +251,15 @@ class Engine:
                 b.pos[i] = self.n_past + i
                 b.n_seq_id[i] = 1
                 b.seq_id[i][0] = 0
-                b.logits[i] = 0
+                b.logits[i] = 1 if every else 0
             if logits and last_chunk:
                 b.logits[len(chunk) - 1] = 1
             self._run(b, len(chunk))
-        self._has_logits = logits
+            if every:  # outputs of this batch, in batch order: [len(chunk), n_vocab]
+                ptr = self._ll.llama_get_logits(self._ctx)
+                rows.append(np.ctypeslib.as_array(ptr, shape=(len(chunk), self.n_vocab)).copy())
+        self._has_logits = bool(logits)
+        return np.concatenate(rows) if every else None
 
     def decode_embeddings(self, rows: npt.NDArray[np.floating], logits: bool = False) -> None:
         """Append embedding rows [n, n_embd_inp] at `n_past`, in chunks of at most n_batch rows."""

@@ -3,7 +3,8 @@
 Every failure a user can cause (a missing file, a bad image, a broken bundle, a full context) raises a
 subclass of `LlavaLocalError` whose message says what went wrong and how to fix it. The edges catch them:
 the CLI prints one line and exits non-zero, the TUI shows a notification. `assert` is kept for internal
-invariants only.
+invariants only. Stopping an answer is not an error: the session finishes with `stop_reason="cancelled"` and keeps
+the partial answer (llava_local/events.py).
 """
 
 from __future__ import annotations
@@ -47,7 +48,3 @@ class ConversionError(LlavaLocalError):
 
 class TemplateError(LlavaLocalError):
     """An unknown chat template, or a conversation the template cannot render."""
-
-
-class GenerationCancelled(LlavaLocalError):
-    """Generation was stopped by the caller; the partial answer is kept."""

@@ -34,6 +34,7 @@ LLM_FTYPES = {**LLM_QUANTS, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q2_k": 10, "q3_k_s
               "iq1_s": 24, "iq4_nl": 25, "iq3_s": 26, "iq3_m": 27, "iq2_s": 28, "iq2_m": 29, "iq4_xs": 30,
               "iq1_m": 31, "bf16": 32, "tq1_0": 36, "tq2_0": 37, "mxfp4_moe": 38, "nvfp4": 39, "q1_0": 40,
               "q2_0": 41}
+DEFAULT_LLM_QUANT = "q4_k_m"  # what `llava-local convert` writes when no --quant is named
 VISION_DTYPES = ("fp32", "fp16", "int8")
 
 

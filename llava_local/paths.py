@@ -1,8 +1,9 @@
 """Where llava-local keeps things on disk.
 
 `LLAVA_LOCAL_HOME`, when set, overrides everything (tests point it at a temporary directory):
-models in `$LLAVA_LOCAL_HOME/models`, cache in `.../cache`, config in `.../config`, data (sessions) in
-`.../data`. Otherwise the platform's user directories from platformdirs are used.
+models in `$LLAVA_LOCAL_HOME/models`, cache in `.../cache`, data (sessions) in `.../data`. Otherwise the
+platform's user directories from platformdirs are used. There is no config file: settings are flags, environment
+variables and the chat app's per-session settings (kept in its database).
 """
 
 from __future__ import annotations
@@ -46,12 +47,3 @@ def cache_dir() -> Path:
 
     return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
 
-
-def config_dir() -> Path:
-    """Config dir (TOML settings)."""
-    home = _home()
-    if home is not None:
-        return home / "config"
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))

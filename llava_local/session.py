@@ -39,14 +39,23 @@ from .textstream import TextStream
 ImageSource = str | os.PathLike[str] | bytes
 
 
+def check_image_file(source: ImageSource) -> Path | None:
+    """The path of an image file source (None for bytes), or ImageError if there is no such file. Reads nothing:
+    the CLI calls it before loading the model so a typo costs no load time; `ask` then reads and decodes once."""
+    if isinstance(source, bytes):
+        return None
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ImageError(f"image not found: {source}" if not path.exists() else f"not a file: {source}")
+    return path
+
+
 def _read_bytes(source: ImageSource) -> tuple[bytes, str]:
     """(file bytes, name for messages) or ImageError naming the file."""
     if isinstance(source, bytes):
         return source, "<bytes>"
-    path = Path(source).expanduser()
-    name = str(source)
-    if not path.is_file():
-        raise ImageError(f"image not found: {name}" if not path.exists() else f"not a file: {name}")
+    path, name = Path(source).expanduser(), str(source)
+    check_image_file(path)
     try:
         return path.read_bytes(), name
     except OSError as e:

@@ -92,6 +92,16 @@ def _session(ort, path: Path, provider: str, threads: int | None):
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
 
 
+def likely_backend(device: str = "auto") -> str:
+    """The backend `open_session` will most likely give for `device` (the first of its providers that ONNX Runtime
+    lists), without creating a session; a listed provider whose libraries fail to load is only found by opening."""
+    available = set(_ort().get_available_providers())
+    for provider in DEVICE_PROVIDERS[device]:
+        if provider in available:
+            return PROVIDERS[provider]
+    return PROVIDERS[DEVICE_PROVIDERS[device][0]]
+
+
 def open_session(path: Path, device: str = "auto", threads: int | None = None):
     """(session, provider) for the best provider `device` allows; EngineError if the device is unavailable."""
     ort = _ort()

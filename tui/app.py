@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -23,16 +22,15 @@ from textual.widgets import Footer, Static
 
 from llava_local.config import GenerationConfig
 from llava_local.errors import LlavaLocalError, UsageError
-from llava_local.events import Finished, ImageEncoded, PromptProcessed, TextChunk
-from llava_local.templates import Turn
+from llava_local.events import Event, Finished, ImageEncoded, PromptProcessed, TextChunk
 
 from . import commands
 from .app_commands import CommandsMixin
 from .attach import check_image
-from .backend import Backend
+from .backend import Backend, ChatLike, LoadedModel
 from .hangup import watch_terminal
 from .screens.image_picker import ImagePickerScreen
-from .store import ImageRef, Message, Store
+from .store import ImageRef, Message, Store, messages_to_turns
 from .widgets.assistant_turn import AssistantTurn, stats_line
 from .widgets.attachment_bar import AttachmentBar
 from .widgets.conversation import Conversation
@@ -82,12 +80,12 @@ class LlavaApp(CommandsMixin, App[int]):
         self.system = system
         self.resume = resume
         self.preview = preview
-        self.model: Any = None
-        self.session: Any = None
+        self.model: LoadedModel | None = None
+        self.session: ChatLike | None = None
         self.session_id: int | None = None
         self.history: list[Message] = []
         self.pending_images: list[ImageRef] = []
-        self.events: list[Any] = []  # every engine event, in order (tests count ImageEncoded here)
+        self.events: list[Event] = []  # every engine event, in order (tests count ImageEncoded here)
         self._busy = False
         self._cancel = threading.Event()
         self._current: _Pending | None = None
@@ -210,7 +208,7 @@ class LlavaApp(CommandsMixin, App[int]):
                                               "current ones", severity="warning")
                     self.system = row.system
                 history = self.store.messages(session_id)
-                turns = [Turn(m.role, m.text, len(m.images)) for m in history]  # type: ignore[arg-type]
+                turns = messages_to_turns(history)
                 paths = [str(self.store.image_path(r)) for m in history for r in m.images]
                 self.session = self.backend.restore_session(self.model, turns, paths, self.generation, self.system)
         except LlavaLocalError as e:
@@ -337,7 +335,7 @@ class LlavaApp(CommandsMixin, App[int]):
             msg = str(e) if isinstance(e, LlavaLocalError) else f"internal error: {type(e).__name__}: {e}"
             self.call_from_thread(self._failed, msg)
 
-    def _on_event(self, event: Any) -> None:
+    def _on_event(self, event: Event) -> None:
         self.events.append(event)
         cur = self._current
         if cur is None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from llava_local.errors import LlavaLocalError
+from llava_local.templates import Turn
 
 from . import store_repair as repair
 from .store_repair import Damaged, decode, json_object, number, text
@@ -330,6 +331,6 @@ def _read_messages(db: sqlite3.Connection, session_id: int) -> Sequence[Message]
     return out
 
 
-def messages_to_turns(messages: Sequence[Message]) -> list[tuple[str, str, int]]:
-    """(role, text, n_images) per message, for `llava_local.templates.Turn`."""
-    return [(m.role, m.text, len(m.images)) for m in messages]
+def messages_to_turns(messages: Sequence[Message]) -> list[Turn]:
+    """The saved messages as the runtime's conversation turns (role, text, number of images)."""
+    return [Turn(m.role, m.text, len(m.images)) for m in messages]  # type: ignore[arg-type]  # role is checked on save

@@ -6,8 +6,9 @@ max_tokens, seed, system, session. Sampling flags default to None (= the Generat
 `run(args)`: with both stdin and stdout on a terminal and no --prompt, the registered front-end's `launch(args)`
 (entry-point group `llava_local.frontends`: the terminal app); otherwise one-shot mode
 streams one answer to stdout (the question from --prompt, else from stdin). `--json` prints one JSON object with
-the answer and statistics instead of streaming. Images are checked before the model loads, so a typo costs no
-load time; every user mistake is a `LlavaLocalError` (one line on stderr from the CLI).
+the answer and statistics instead of streaming. Image paths are checked before the model loads, so a typo costs no
+load time; the session then reads and decodes each image once (a file that is no image is reported from there);
+every user mistake is a `LlavaLocalError` (one line on stderr from the CLI).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where to run (default: auto)")
     parser.add_argument("--quant", default=None, help="which GGUF of the bundle, e.g. q4_k_m (default: the bundle's)")
     parser.add_argument("--vision-dtype", dest="vision_dtype", choices=VISION_DTYPES, default=None,
-                        help="which vision graph of the bundle (default: the bundle's; int8 is ~3x faster on CPU)")
+                        help="which vision graph of the bundle (default: int8 on CPU when the bundle has one that "
+                        "passed its gate, fp16 on CUDA when present, else the bundle's)")
     parser.add_argument("--n-ctx", dest="n_ctx", type=int, default=None,
                         help="context size in tokens (default: the bundle's context length)")
     parser.add_argument("--prompt", "-p", default=None, help="ask this and print the answer (no terminal app)")
@@ -119,8 +121,7 @@ def one_shot(args: argparse.Namespace) -> int:
     """Answer one question about the images and print it (streamed, or as JSON)."""
     from ..bundle import open_model
     from ..events import Finished, ImageEncoded, PromptProcessed, TextChunk
-    from ..preprocess import load_image
-    from ..session import ChatSession
+    from ..session import ChatSession, check_image_file
     from ..textsafe import TerminalText, clean
 
     gen = generation_from_args(args)
@@ -132,7 +133,7 @@ def one_shot(args: argparse.Namespace) -> int:
         raise OutputError("cannot write to standard output: it is closed")
     question = _question(args)
     for path in args.images:
-        load_image(path)  # ImageError (missing, not an image) before the model loads
+        check_image_file(path)  # ImageError for a missing file before the model loads; decoded once, by the session
     with open_model(args.model, runtime) as model:
         session = ChatSession(model, gen, system=args.system)
         stats: dict[str, Any] = {"images": []}
@@ -161,6 +162,7 @@ def one_shot(args: argparse.Namespace) -> int:
             out = {
                 "answer": clean(finished.text), "stop_reason": finished.stop_reason, "model": info.name,
                 "quant": info.quant, "llm_backend": info.llm_backend, "vision_backend": info.vision_backend,
+                "vision_dtype": info.vision_dtype,
                 "n_prompt_tokens": finished.n_prompt_tokens, "n_generated": finished.n_generated,
                 "time_to_first_token": finished.time_to_first_token,
                 "tokens_per_second": finished.tokens_per_second, "context_used": finished.context_used,

@@ -1,10 +1,10 @@
 """`llava-local info [BUNDLE] [--verify] [--json]`: what a bundle holds.
 
 Contract: prints the manifest summary (name, template, preprocessing, vision and LLM files, context, stop strings,
-the questions the bundle suggests),
-every file with its size, provenance and the converter's parity report. `--verify` re-hashes every file against the
-manifest (a mismatch is a BundleError: one line, exit 1). `--json` prints one JSON object instead. BUNDLE is a path
-or an installed model name; without it, the default model.
+the questions the bundle suggests), every file with its size, provenance and the converter's parity report, and
+which vision graph the runtime runs on CPU / CUDA when no --vision-dtype is given, where that is not the manifest's
+default. `--verify` re-hashes every file against the manifest (a mismatch is a BundleError: one line, exit 1).
+`--json` prints one JSON object instead. BUNDLE is a path or an installed model name; without it, the default model.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import sys
 from typing import Any
 
+from ..bundle import preferred_vision_dtype
 from ..manifest import load_manifest, verify_files
 from ..models import resolve_model
 
@@ -50,17 +51,21 @@ def run(args: argparse.Namespace) -> int:
     manifest = load_manifest(bundle)
     if args.verify:
         verify_files(bundle, manifest)
+    picks = {backend: preferred_vision_dtype(manifest, backend) for backend in ("CPU", "CUDA")}
     if args.json:
-        out = {"bundle": str(bundle), "verified": bool(args.verify), "manifest": manifest.to_dict()}
+        out = {"bundle": str(bundle), "verified": bool(args.verify), "manifest": manifest.to_dict(),
+               "vision_dtype_by_backend": picks}
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return 0
     m = manifest
     p = m.preprocess
+    used = ", ".join(f"{d} on {b}" for b, d in picks.items() if d != m.vision.default)
     lines = [
         f"{m.name}  ({bundle})",
         f"  template        {m.template}" + ("  (custom system prompt)" if m.system_prompt else ""),
         f"  preprocess      {p.mode} {p.size}x{p.size} {p.resample}",
-        f"  vision          {', '.join(f'{k}={v}' for k, v in m.vision.files.items())} (default {m.vision.default});"
+        f"  vision          {', '.join(f'{k}={v}' for k, v in m.vision.files.items())} (default {m.vision.default}"
+        f"{'; runs ' + used if used else ''});"
         f" {m.vision.tokens_per_image} tokens x {m.vision.embed_dim} per image",
         f"  llm             {', '.join(f'{k}={v}' for k, v in m.llm.files.items())} (default {m.llm.default})",
         f"  context         {m.llm.context_length} tokens",

@@ -207,14 +207,14 @@ def test_byte_tokens_render_like_the_runtime(tiny_hf_checkpoint, tmp_path):
     from transformers import AutoTokenizer
 
     from converters.layouts import load_checkpoint
-    from converters.llama_runner import LlamaRunner
     from converters.verify import render
+    from llava_local.engine import Engine
 
     ckpt = load_checkpoint(tiny_hf_checkpoint)
     tok = AutoTokenizer.from_pretrained(ckpt.tokenizer_dir)
     ids = tok.convert_tokens_to_ids(["<0xC3>", "<0x49>", "▁in", "▁the", "</s>", "▁the"])
     path = llm_gguf.write_gguf(ckpt, tmp_path / "llm-f16.gguf", "f16")
-    with LlamaRunner(path, n_ctx=64, extra_buffers=False) as run:
+    with Engine(path, n_ctx=64, extra_buffers=False) as run:
         assert render(run, ids, ("</s>",)) == "\ufffdI in the"  # stops at EOS
         assert render(run, ids[2:4]) == "in the"
     assert tok.decode(ids[:3]) == "\ufffd\ufffd in"

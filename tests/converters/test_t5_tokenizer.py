@@ -18,7 +18,7 @@ import pytest
 
 from converters import llm_gguf
 from converters.layouts import load_checkpoint
-from converters.llama_runner import LlamaRunner
+from llava_local.engine import Engine
 from llava_local.templates import Turn, get_template, text_chunks
 
 TEXTS = [
@@ -120,7 +120,7 @@ def test_wrong_scores_change_the_ids(t5_checkpoint: Path, tmp_path: Path, monkey
     tok = AutoTokenizer.from_pretrained(t5_checkpoint)
     monkeypatch.setattr(llm_gguf, "merge_scores", lambda merges, vocab: {})
     path = llm_gguf.write_gguf(load_checkpoint(t5_checkpoint), tmp_path / "flat.gguf", "f32")
-    with LlamaRunner(path) as run:
+    with Engine(path, n_ctx=256) as run:
         assert any(run.tokenize(t, True) != _hf_ids(tok, t, True) for t in TEXTS + ["\nWhat is this? ASSISTANT:"])
 
 
@@ -135,7 +135,7 @@ def test_non_legacy_tokenizer(tiny_hf_checkpoint: Path, tmp_path: Path):
     path = llm_gguf.write_gguf(ckpt, tmp_path / "llm.gguf", "f32")
     tok = AutoTokenizer.from_pretrained(ckpt_dir)
     t = get_template(ckpt.template)
-    with LlamaRunner(path) as run:
+    with Engine(path, n_ctx=256) as run:
         for turns in CONVERSATIONS[:len(TEXTS)]:  # one user turn: no "</s>" inside a chunk
             for i, chunk in enumerate(text_chunks(t.render(turns))):
                 assert run.tokenize(chunk, i == 0) == _hf_ids(tok, chunk, i == 0), chunk

@@ -91,7 +91,7 @@ def test_data_pipeline_needs_no_torch():
     from datagen_fixtures import REPO
 
     code = ("import sys, training.datagen.cli, training.datagen.pipeline, training.datagen.synth, "
-            "training.datagen.bench, training.datagen.backends; from llava_local.cli import build_parser; "
+            "bench.datagen, training.datagen.backends; from llava_local.cli import build_parser; "
             "build_parser('data'); heavy = {'torch', 'transformers', 'onnx', 'textual', 'llama_cpp'}; "
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

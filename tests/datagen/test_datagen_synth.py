@@ -6,10 +6,10 @@ import json
 
 from PIL import Image
 
+from bench.datagen import main as bench_main
 from llava_local.cli import main
 from llava_local.preprocess import PreprocessConfig
 from llava_local.templates import get_template
-from training.datagen.bench import main as bench_main
 from training.datagen.records import load_records
 from training.datagen.synth import synthesize, verify
 from training.datagen.teacher import QTYPES

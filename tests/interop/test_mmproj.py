@@ -122,7 +122,7 @@ def test_quantized_mmproj_is_dequantized(legacy_pair, tmp_path):
 
 def test_onnx_graph_equals_numpy_reference_and_convert(legacy_pair, f16_bundle, tmp_path: Path):
     """The torch-free graph, its numpy twin and `convert`'s torch-exported graph agree on the same weights."""
-    from converters.import_gguf import sample_pixels
+    from converters.verify import sample_pixels
     from llava_local.manifest import load_manifest
 
     mm = read_mmproj(legacy_pair[1])

@@ -146,7 +146,7 @@ def test_quantized_bundle_runs_in_a_subprocess(rt_bundle, rt_images, tmp_path, _
 
     import llama_cpp
 
-    from llava_local.cpuprobe import _cpu_flags
+    from llava_local.cpuprobe import amx_possible
     from llava_local.manifest import file_entry
 
     b = tmp_path / "q"
@@ -165,7 +165,7 @@ def test_quantized_bundle_runs_in_a_subprocess(rt_bundle, rt_images, tmp_path, _
     assert r.returncode == 0, (r.returncode, r.stderr)
     assert json.loads(r.stdout)["quant"] == "q4_0"
     probe = _rt_home / "cache" / "cpu-probe.json"
-    assert probe.is_file() == ("amx_tile" in _cpu_flags().split())
+    assert probe.is_file() == amx_possible()
 
 
 class _Tty:

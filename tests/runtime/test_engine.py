@@ -48,6 +48,27 @@ def test_embeddings_chunked_over_n_batch_give_the_same_logits(gguf):
         big.close()
 
 
+def test_all_logits_across_chunks_match_one_token_at_a_time(gguf):
+    """`decode_tokens(ids, logits="all")` in chunks of n_batch (what the converter's parity checks use): row i is
+    position i's logits, as decoding the ids one by one gives them (a row from the wrong chunk or position is off by
+    whole logits, not by float noise), and `logits()` is the last row."""
+    probe = Engine(gguf, n_ctx=128, n_threads=1)
+    ids = probe.tokenize("USER: What is the color of this shape? ASSISTANT: the image is a", add_bos=True) * 2
+    probe.close()
+    with Engine(gguf, n_ctx=128, n_batch=16, n_threads=1) as e:  # several chunks, the last one short
+        got = e.decode_tokens(ids, logits="all")
+        last, n_past = e.logits(), e.n_past
+        assert e.decode_tokens([], logits="all").shape == (0, e.n_vocab)
+    with Engine(gguf, n_ctx=128, n_threads=1) as e:
+        steps = []
+        for t in ids:
+            e.decode_tokens([t])
+            steps.append(e.logits())
+    assert len(ids) > 32 and len(ids) % 16 and got.shape == (len(ids), len(steps[0])) and n_past == len(ids)
+    assert np.array_equal(last, got[-1])
+    assert np.abs(got - np.stack(steps)).max() < 1e-3
+
+
 def test_trim_and_redecode_reproduce_logits(gguf):
     e = Engine(gguf, n_ctx=256, n_batch=16, n_threads=1)
     try:

@@ -17,8 +17,7 @@ How it cannot pass by accident:
 - the child's environment is built from scratch: ORT_DISABLE_TELEMETRY (which this test process has, from the
   package import in tests/conftest.py) and every cache-location variable are absent.
 
-Adding a command (e.g. `import` from the interop branch): add an entry to `COMMANDS` below; the fixtures it needs
-are requested by name.
+Adding a command: add an entry to `COMMANDS` below; the fixtures it needs are requested by name.
 """
 
 from __future__ import annotations
@@ -203,13 +202,24 @@ def _data_generate(sb: Sandbox, fx: Callable[[str], object]) -> list[str]:
             "--shots", "1", "--n-ctx", "2048", "--max-tokens", "40", "--quiet"]
 
 
+def _import(sb: Sandbox, fx: Callable[[str], object]) -> list[str]:
+    """An LM Studio-style folder (LLM GGUF + mmproj) made by the real exporter, outside the sandbox, then imported."""
+    from converters.export_llamacpp import ExportOptions, export
+
+    folder = sb.root / "lmstudio" / "tiny"
+    export(ExportOptions(src=Path(str(fx("tiny_bundle"))), out=folder, quant="f16"))
+    for extra in ("Modelfile", "export.json"):
+        (folder / extra).unlink(missing_ok=True)
+    return [sys.executable, "-m", "llava_local", "import", str(folder), "-o", str(sb.root / "imported"), "--quiet"]
+
+
 # name → builder of the command line (fixtures by name through `fx`) and what its stdout must contain.
-# `import` (interop branch) goes here once it exists: an entry building `llava-local import GGUF --mmproj ...`.
 COMMANDS: dict[str, tuple[Callable[[Sandbox, Callable[[str], object]], list[str]], str]] = {
     "chat": (_chat, ""),
     "tui": (_tui, "TUI-ANSWER assistant 2"),
     "convert": (_convert, ""),
     "data-generate": (_data_generate, ""),
+    "import": (_import, ""),
 }
 
 
@@ -230,6 +240,8 @@ def test_command_is_offline(name, request, tmp_path):
         assert json.loads((sb.root / "bundle" / "manifest.json").read_text())["parity"]
     if name == "data-generate":
         assert (sb.root / "out.stats.json").is_file()
+    if name == "import":
+        assert json.loads((sb.root / "imported" / "manifest.json").read_text())["parity"]
 
 
 def test_the_guard_itself_bites(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 # What this repository registers (pyproject.toml); a command that disappears from --help fails here.
-SHIPPED = ("chat", "info", "convert", "train", "data", "eval")
+SHIPPED = ("chat", "convert", "data", "eval", "export", "import", "info", "serve", "train")
 
 
 def _cli(*args: str, path: Path | None = None, home: Path) -> subprocess.CompletedProcess:

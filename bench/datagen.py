@@ -1,4 +1,4 @@
-"""Benchmark the synthetic world: `python -m training.datagen.bench --n 10000 -o /tmp/shapes`.
+"""Benchmark the synthetic world: `python -m bench.datagen --n 10000 -o /tmp/shapes` (`make bench-data`).
 
 Contract: runs `synthesize` from scratch (journal discarded), then re-checks every written answer with
 `synth.verify`, and prints one JSON object: scenes, samples, claims checked, failures, wall seconds for the
@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from .synth import synthesize, verify
+from training.datagen.synth import synthesize, verify
 
 
 def _cpu() -> float:

@@ -1,8 +1,8 @@
 """GPU training benchmark: a few stage-2 steps of a ~1B LLaVA with FSDP2 + bf16 + activation checkpointing.
 
 Run (one GPU, or N under torchrun; nothing is downloaded, the models are random):
-    python -m training.bench_gpu --steps 8
-    torchrun --standalone --nproc-per-node 8 -m training.bench_gpu --steps 8
+    python -m bench.gpu_train --steps 8                                   (make bench-gpu)
+    torchrun --standalone --nproc-per-node 8 -m bench.gpu_train --steps 8
 Prints tokens/s (all ranks), MFU against `--peak-tflops` per GPU (H100/H200 SXM dense bf16: 989), and the peak
 allocated memory of rank 0. It drives the real trainer (`run_training`) on random weights written to `--work`:
 CLIP ViT-L/14-336 shape (304M, frozen) + a TinyLlama-1.1B-shaped LLaMA (hidden 2048, 22 layers, GQA 32/4,
@@ -39,7 +39,7 @@ def prepare(work: Path, size: str, n_samples: int, seq: int) -> None:
     from PIL import Image
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-    from .tokenizer import tiny_corpus, train_sentencepiece
+    from training.tokenizer import tiny_corpus, train_sentencepiece
 
     s = SIZES[size]
     llm, clip = work / "llm", work / "clip"
@@ -77,7 +77,7 @@ def model_flops_per_token(work: Path, seq: int, n_img_tokens: int) -> float:
     return per_tok + vision / seq
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="1b")
     ap.add_argument("--steps", type=int, default=8)
@@ -87,10 +87,10 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak per GPU (H100/H200 SXM: 989)")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "llava-bench")
     ap.add_argument("--no-checkpointing", action="store_true", help="disable activation checkpointing")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
 
-    from .config import config_from_dict
-    from .trainer import run_training
+    from training.config import config_from_dict
+    from training.trainer import run_training
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     global_batch = a.micro * a.accum * world
