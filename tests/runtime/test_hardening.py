@@ -87,12 +87,13 @@ def test_cpu_probe_cache_that_is_not_an_object_is_rewritten(rt_bundle, monkeypat
     """Valid JSON that is not an object made every chat on an AMX machine crash with a TypeError."""
     from llava_local.paths import cache_dir
 
-    monkeypatch.setattr(cpuprobe, "_cpu_flags", lambda: "fpu sse amx_tile")  # take the probing path on any CPU
+    monkeypatch.setattr(cpuprobe, "_cpu_flags", lambda: "fpu sse amx_tile")  # take the probing path on any CPU:
+    monkeypatch.setattr(cpuprobe, "build_has_amx", lambda: True)  # an AMX CPU running an AMX build
     monkeypatch.delenv(cpuprobe.REPACK_ENV, raising=False)
     path = cache_dir() / "cpu-probe.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(content)
-    ok = cpuprobe.extra_buffers_ok(rt_bundle / "llm-f32.gguf", "f32")  # a real probe of the tiny GGUF
+    ok = cpuprobe.extra_buffers_safe(rt_bundle / "llm-f32.gguf", "f32")  # a real probe of the tiny GGUF
     assert isinstance(ok, bool)
     known = json.loads(path.read_text())
     assert isinstance(known, dict) and list(known.values()) == [ok]
