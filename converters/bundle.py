@@ -3,8 +3,13 @@
 Contract: `convert(ConvertOptions) -> ConvertResult`. Everything is written into a hidden temporary directory
 next to the target (`.NAME.partial-XXXX`, same filesystem) and renamed into place only after every step,
 verification included, has succeeded, so an interrupted or failed convert never leaves a directory that
-looks like a valid bundle; on an exception the temporary directory is removed. An existing non-empty target
-is refused unless `force`, in which case it is replaced only at the final rename.
+looks like a valid bundle; on an exception (SIGTERM included: the CLI turns it into one) the temporary directory
+is removed, and a later convert into the same parent removes work dirs whose owner process is gone (a kill -9,
+a power cut). The finished bundle's mode follows the umask like any `mkdir` (mkdtemp's 0700 is for the work dir).
+
+The output is never the source, inside it or around it. An existing non-empty target is refused unless
+`force`, and even then only a previous bundle (it has a manifest.json) is replaced, at the final rename:
+`--force` never deletes a directory that is not a bundle.
 
 Files: `vision.onnx` (fp32, always: it is the source of the other variants and the verification reference),
 `vision-fp16.onnx` / `vision-int8.onnx` on request, `llm-<quant>.gguf` for each requested quant. The F32/F16
@@ -14,7 +19,10 @@ base GGUF that quantization starts from is kept only if it was requested.
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -111,19 +119,107 @@ class _Step:
             print(f"{self.label} done in {time.perf_counter() - self.t0:.1f}s", file=self.p.stream, flush=True)
 
 
-def _prepare_target(out: Path, force: bool) -> Path:
+def _overlaps(target: Path, source: Path) -> str | None:
+    """How `target` collides with `source` ("is", "is inside", "contains"), or None. Both resolved."""
+    if target == source:
+        return "is"
+    if target.is_relative_to(source):
+        return "is inside"
+    if source.is_relative_to(target):
+        return "contains"
+    return None
+
+
+def _prepare_target(out: Path, force: bool, sources: tuple[Path | None, ...] = ()) -> Path:
     target = out.expanduser().resolve()
+    for src in sources:
+        if src is None:
+            continue
+        src = Path(src).expanduser().resolve()
+        how = _overlaps(target, src)
+        if how:
+            raise ConversionError(f"output {target} {how} the source {src}; choose an -o outside it")
     if target.exists():
         if not target.is_dir():
             raise ConversionError(f"output {target} exists and is not a directory; choose another -o")
-        if any(target.iterdir()) and not force:
-            raise ConversionError(f"output {target} exists and is not empty; pass --force to replace it")
+        if any(target.iterdir()):
+            if not force:
+                raise ConversionError(f"output {target} exists and is not empty; pass --force to replace it")
+            if not (target / "manifest.json").is_file():
+                raise ConversionError(f"output {target} is not a bundle (no manifest.json) and --force only replaces "
+                                      "bundles; choose another -o or remove it yourself")
     target.parent.mkdir(parents=True, exist_ok=True)
     return target
 
 
+PARTIAL = ".partial-"
+OWNER_FILE = ".owner.json"
+STALE_SECONDS = 24 * 3600  # a work dir without a readable owner is left alone for a day (it may be another tool's)
+
+
+def _boot_id() -> str:
+    """Changes at every boot (Linux); after a reboot every recorded pid is dead, whatever runs under it now."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _workdir(target: Path) -> Path:
+    """A fresh `.NAME.partial-XXXX` next to the target, with an owner record for `_clean_stale`."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL}", dir=target.parent))
+    (tmp / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "boot": _boot_id(),
+                                               "started": time.time()}))
+    return tmp
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _clean_stale(target: Path, note: Callable[[str], None] = lambda msg: None) -> list[Path]:
+    """Remove work dirs of earlier converts into `target` that can no longer finish; returns them.
+
+    A work dir goes when its owner (same host) is no longer running, or, with no readable owner record, when it is
+    older than STALE_SECONDS. Only real directories named `.NAME.partial-*` are touched, never symlinks."""
+    removed = []
+    now = time.time()
+    prefix = f".{target.name}{PARTIAL}"
+    for p in target.parent.iterdir():  # not glob: a bundle name may hold [ or *
+        if not p.name.startswith(prefix) or p.is_symlink() or not p.is_dir():
+            continue
+        try:
+            owner = json.loads((p / OWNER_FILE).read_text())
+            rebooted = bool(owner.get("boot")) and owner["boot"] != _boot_id()
+            stale = owner["host"] == socket.gethostname() and (rebooted or not _pid_alive(int(owner["pid"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            try:
+                stale = now - p.stat().st_mtime > STALE_SECONDS
+            except OSError:
+                continue
+        if stale:
+            shutil.rmtree(p, ignore_errors=True)
+            note(f"removed {p.name}, left by an interrupted convert")
+            removed.append(p)
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _publish(tmp: Path, target: Path) -> None:
     """Swap the finished temporary directory into place (a rename on the same filesystem)."""
+    (tmp / OWNER_FILE).unlink(missing_ok=True)
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a bundle is an ordinary directory
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{time.time_ns()}")
@@ -142,13 +238,14 @@ def convert(opts: ConvertOptions, *, show_progress: bool = True, step_hook: Call
     from . import layouts, llm_gguf, quantize, torch_ref, verify, vision_onnx
 
     hook = step_hook or (lambda name: None)
-    target = _prepare_target(opts.out, opts.force)
+    target = _prepare_target(opts.out, opts.force, (opts.src, opts.vision_tower))
     base = "f32" if "f32" in opts.quants else "f16"
     extra_vision = [d for d in dict.fromkeys(opts.vision_dtypes) if d != "fp32"]
     quants = list(dict.fromkeys(opts.quants))
     progress = Progress(4 + len(extra_vision) + len([q for q in quants if q != base]) + int(opts.verify)
                         + int(opts.fuse_vision), enabled=show_progress)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    _clean_stale(target, progress.note)
+    tmp = _workdir(target)
     try:
         hook("load")
         with progress.step(f"load checkpoint {opts.src}"):

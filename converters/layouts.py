@@ -140,13 +140,14 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def load_weights(src: Path) -> dict[str, Any]:
     """All tensors of a directory: (sharded) safetensors or (sharded) pytorch_model.bin, as float32."""
-    import torch
-
     for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
                                ("pytorch_model.bin.index.json", "pytorch_model.bin")):
         index = src / index_name
         if index.is_file():
-            files = sorted(set(_read_json(index).get("weight_map", {}).values()))
+            weight_map = _read_json(index).get("weight_map", {})
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise ConversionError(f"{index}: weight_map must map tensor names to file names")
+            files = sorted(set(weight_map.values()))
             break
         if (src / single).is_file():
             files = [single]
@@ -158,14 +159,32 @@ def load_weights(src: Path) -> dict[str, Any]:
         path = src / fname
         if not path.is_file():
             raise ConversionError(f"{src}: weight shard {fname} listed in the index is missing")
-        if fname.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            part = load_file(str(path))
-        else:
-            part = torch.load(path, map_location="cpu", weights_only=True)
-        state.update(part)
+        state.update(_read_weights(path))
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
+def _read_weights(path: Path) -> dict[str, Any]:
+    """One weight file; a damaged or foreign file is a ConversionError naming it, not a library traceback."""
+    import pickle
+
+    import torch
+
+    if path.name.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ConversionError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]}); "
+                                  "re-download or re-export it") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError) as e:
+        # weights_only=True refuses pickled code too: that is also "not a weights file we will read".
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(f"{path}: not a readable PyTorch weights file ({first}); re-download or re-export "
+                              "it, or use safetensors") from None
 
 
 def split_state(state: dict[str, Any], layout: Layout) -> tuple[dict[str, dict[str, Any]], list[str]]:

@@ -116,6 +116,11 @@ class Model:
         if n_ctx < 64:
             raise UsageError(f"--n-ctx {n_ctx} is too small; use at least 64 (the bundle supports "
                              f"{manifest.llm.context_length})")
+        # Checked before anything is allocated: beyond its training context a model answers with noise, and the
+        # KV cache for an absurd value takes gigabytes before llama.cpp gives up.
+        if n_ctx > manifest.llm.context_length:
+            raise UsageError(f"--n-ctx {n_ctx} is more than this model was trained for; use at most "
+                             f"{manifest.llm.context_length}")
         vision_file, gguf = (bundle_dir / manifest.vision.files[self.vision_dtype],
                              bundle_dir / manifest.llm.files[self.quant])
         # Integrity before anything native reads the files: headers, then the sha256 (hashed once per file identity).
@@ -133,7 +138,7 @@ class Model:
             vision_sha = verified_sha256(vision_file, manifest.files[vision_file.name]["sha256"])
             self.vision = VisionEncoder(vision_file, manifest.vision, device=device, threads=threads)
         self.engine = Engine(gguf, n_ctx=n_ctx, n_batch=N_BATCH, n_threads=threads, gpu=gpu,
-                             extra_buffers=extra_buffers_ok(gguf, self.quant))
+                             extra_buffers=extra_buffers_ok(gguf, self.quant), within_training_context=True)
         if self.engine.n_embd_inp != manifest.vision.embed_dim:
             self.engine.close()
             raise BundleError(

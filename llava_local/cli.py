@@ -7,7 +7,9 @@ in their own `pyproject` entries, so this module names none of them. A command m
 top-level help), and command modules keep torch & co. inside `run`, so `llava-local --help` stays light.
 
 User mistakes (`LlavaLocalError`) print one line on stderr and return their exit code; a command whose optional
-dependencies are missing says which extra to install; nothing a user can type produces a traceback.
+dependencies are missing says which extra to install; nothing a user can type produces a traceback. Exit codes,
+signals (Ctrl-C 130, SIGTERM 143) and a closed or full stdout are handled around every command by
+`llava_local.exits.run_main`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .errors import LlavaLocalError
+from .exits import run_main
 from .plugins import Plugin, import_module_of, load_plugin, missing_extras, module_extras, plugins
 
 COMMAND_GROUP = "llava_local.commands"
@@ -61,27 +64,21 @@ def _command_of(argv: Sequence[str], known: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        commands = plugins(COMMAND_GROUP)
-        command = _command_of(argv, list(commands))
-        parser = build_parser(command)
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 2
-        plugin = commands[args.command]
-        command_module = load_plugin(plugin)
-        with plugin.missing_extra_errors(module_extras(command_module)):
-            return int(command_module.run(args) or 0)
-    except LlavaLocalError as e:
-        print(f"llava-local: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("llava-local: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # `llava-local chat ... | head`: the reader went away; exit quietly like other Unix tools.
-        return 0
+    return run_main(lambda: _run(argv))
+
+
+def _run(argv: list[str]) -> int:
+    commands = plugins(COMMAND_GROUP)
+    command = _command_of(argv, list(commands))
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    plugin = commands[args.command]
+    command_module = load_plugin(plugin)
+    with plugin.missing_extra_errors(module_extras(command_module)):
+        return int(command_module.run(args) or 0)
 
 
 if __name__ == "__main__":

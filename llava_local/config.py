@@ -6,13 +6,17 @@ database all share; `RuntimeConfig` says how to open a bundle (device, context s
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import math
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 from .errors import UsageError
 
 Device = Literal["auto", "cpu", "cuda", "metal"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "metal")
+# An absolute ceiling on --n-ctx checked before any bundle is read (2^20 tokens of KV cache is already tens of GB
+# for a 7B model); the bundle's own training context is the real limit, checked when the model opens.
+MAX_N_CTX = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,16 @@ class GenerationConfig:
     presence_penalty: float = 0.0
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            # Exact types: a session row or a settings form can carry "0.2" or True; json gives int for 1.0.
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise UsageError(f"{f.name} must be a whole number, got {value!r}")
+            if f.type == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise UsageError(f"{f.name} must be a number, got {value!r}")
+                if not math.isfinite(value):  # nan passes every `<` test below, inf overflows the sampler
+                    raise UsageError(f"{f.name} must be a finite number, got {value}")
         if self.temperature < 0:
             raise UsageError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -74,3 +88,5 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.n_ctx is not None and not 0 < self.n_ctx <= MAX_N_CTX:
+            raise UsageError(f"--n-ctx must be between 1 and {MAX_N_CTX}, got {self.n_ctx}")

@@ -99,6 +99,8 @@ def extra_buffers_safe(gguf: Path, quant: str) -> bool:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
+    if not isinstance(known, dict):  # valid JSON but not ours (a list, a string): probe again and rewrite it
+        known = {}
     if key in known:
         return bool(known[key])
     try:

@@ -1,7 +1,8 @@
 """The llama.cpp engine: one model + one context, driven through llama-cpp-python's low-level API.
 
 Contract:
-- `Engine(gguf_path, n_ctx=..., n_batch=..., gpu=...)` loads the GGUF and creates a context (sequence 0 only).
+- `Engine(gguf_path, n_ctx=..., n_batch=..., gpu=...)` loads the GGUF and creates a context (sequence 0 only);
+  `within_training_context=True` (the runtime's models) refuses an n_ctx above the GGUF's training context first.
 - `tokenize(text, add_bos)` parses special tokens in template text (`</s>` → EOS id).
 - `decode_tokens(ids)` / `decode_embeddings(rows)` append at position `n_past`, split into chunks of at most
   `n_batch` entries (more than n_batch entries in one `llama_decode` is a GGML_ASSERT abort, not an error), text
@@ -29,7 +30,7 @@ import numpy.typing as npt
 
 from . import llamalog
 from .config import GenerationConfig
-from .errors import ContextOverflow, EngineError
+from .errors import ContextOverflow, EngineError, UsageError
 
 _backend_ready = False
 
@@ -92,6 +93,7 @@ class Engine:
         n_threads: int | None = None,
         gpu: bool = False,
         extra_buffers: bool = True,
+        within_training_context: bool = False,
     ) -> None:
         ll = _llama()
         self._ll = ll
@@ -110,6 +112,14 @@ class Engine:
             raise EngineError(f"llama.cpp could not load {path.name}: {llamalog.recent_errors() or 'unknown error'}")
         self._ctx = None
         self._tok_batch = self._emb_batch = None
+        # Before the KV cache is allocated: a bundle whose manifest promises more context than its GGUF was trained
+        # for (a mismatched or hostile bundle) would otherwise allocate gigabytes and answer with noise. Opt-in: the
+        # converter's parity check sizes a short context itself, whatever the model was trained for.
+        n_ctx_train = int(ll.llama_model_n_ctx_train(self._model))
+        if within_training_context and 0 < n_ctx_train < n_ctx:
+            self.close()
+            raise UsageError(f"a context of {n_ctx} tokens is more than {path.name} was trained for; use at most "
+                             f"{n_ctx_train} (--n-ctx)")
         threads = n_threads or default_threads()
         cparams = ll.llama_context_default_params()
         cparams.n_ctx = n_ctx

@@ -9,9 +9,14 @@ output against the manifest's `tokens_per_image` (N) and `embed_dim` (D). `calls
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,11 +41,45 @@ _QUIET = 4  # ORT severity FATAL: CUDA load failures are expected on CPU machine
 
 
 def _ort():
-    try:
-        import onnxruntime as ort
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise EngineError(f"onnxruntime is not installed ({e}); `pip install onnxruntime`") from None
+    """The onnxruntime module; EngineError when it is missing or broken. A Ctrl-C (or SIGTERM) that lands during
+    the slow first import stays a Ctrl-C: ORT's native init turns any exception raised inside it into a plain
+    ImportError ("import numpy failed", "initialization failed"), sometimes without chaining the original."""
+    with _noting_signals() as seen:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            if seen:
+                signum, handler = seen[0]
+                handler(signum, None)  # raises what the signal would have raised: KeyboardInterrupt, Terminated
+                raise KeyboardInterrupt from None  # a handler that returned: still not "not installed"
+            if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "onnxruntime":
+                raise EngineError("onnxruntime is not installed; `pip install onnxruntime`") from None
+            raise EngineError(f"onnxruntime is installed but does not load: {str(e).splitlines()[0]}") from None
     return ort
+
+
+@contextlib.contextmanager
+def _noting_signals() -> Iterator[list[tuple[int, Callable[..., Any]]]]:
+    """Record SIGINT/SIGTERM arriving inside the block (their handlers still run). Main thread only: signal
+    handlers run nowhere else, so in a worker thread there is nothing to record."""
+    seen: list[tuple[int, Callable[..., Any]]] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            def noting(signum: int, frame: Any, handler: Callable[..., Any] = handler) -> None:
+                seen.append((signum, handler))
+                handler(signum, frame)
+            previous[sig] = handler
+            signal.signal(sig, noting)
+    try:
+        yield seen
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _session(ort, path: Path, provider: str, threads: int | None):

@@ -6,7 +6,9 @@ Contract: `save(root, step, model, optimizer, extra, dist)` writes `root/step-XX
   plain tensors; either way `load` reshards on read. Frozen weights are not saved: they are re-read from the
   base dirs, which keeps a stage-1 checkpoint of a 7B model at a few MB.
 - `rank-R.pt`: that rank's scheduler state, step, and RNG states (python, numpy, torch CPU and CUDA), so a
-  resumed run draws the same dropout masks; the data order is a pure function of (seed, epoch, step).
+  resumed run draws the same dropout masks; the data order is a pure function of (seed, epoch, step). It holds
+  tensors and plain data only (numpy's state as a list of ints) and is read with `torch.load(weights_only=True)`,
+  so a checkpoint from someone else cannot run code when resumed.
 - `trainer_state.json` (step, world size, micro/accumulation) and finally `COMPLETE`; a directory without it
   (a run killed while saving) is ignored by `latest`.
 Checkpoints are written to a temporary name and renamed, and all but the newest `keep` are deleted.
@@ -41,7 +43,10 @@ def _options(strict: bool = True):
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # numpy's 624 uint32 keys as plain ints: an ndarray would need numpy's pickle globals on load.
+    state = {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -49,7 +54,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -115,6 +121,28 @@ def load(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, d
         dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=_options(strict=False))
-    extra = torch.load(path / f"rank-{dist.rank}.pt", weights_only=False)
+    extra = _load_plain(path / f"rank-{dist.rank}.pt")
     set_rng_state(extra.pop("rng"))
+    return extra
+
+
+def _numpy_globals() -> list[Any]:
+    """What pickled numpy RNG states (checkpoints from before the list-of-ints format) reference: data, no code."""
+    multiarray = getattr(np, "_core", None) or np.core
+    return [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def _load_plain(path: Path) -> dict[str, Any]:
+    """torch.load restricted to tensors and plain data; anything else is refused with one line."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            extra = torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"cannot resume from {path}: it is not a checkpoint this trainer wrote, or it holds more "
+                         f"than tensors and plain data, which could run code when loaded ({first})") from None
+    if not isinstance(extra, dict) or "rng" not in extra:
+        raise UsageError(f"cannot resume from {path}: not a llava-local loop state")
     return extra

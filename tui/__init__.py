@@ -8,15 +8,19 @@ is imported only here, inside the function, so `import tui` stays cheap and `lla
 from __future__ import annotations
 
 import argparse
+import logging
 import sqlite3
 
 import llava_local  # noqa: F401  (first: it turns onnxruntime's telemetry off before onnxruntime loads)
 
 
 def launch(args: argparse.Namespace) -> int:
-    """Open the chat app; returns 0 when the user quits."""
+    """Open the chat app; returns 0 when the user quits, 130/143 after SIGINT/SIGTERM, 1 if it crashed."""
     # textual-image asks the terminal about graphics support and cell size when first imported; that must happen
-    # before Textual owns stdin, or the terminal's reply ("ESC[?1;2c") is read as typed keys.
+    # before Textual owns stdin, or the terminal's reply ("ESC[?1;2c") is read as typed keys. A terminal that does
+    # not answer the cell-size query makes it log a warning with a full traceback (Python's last-resort handler
+    # prints it on the screen the user returns to); its fallback size is fine, so only errors are shown.
+    logging.getLogger("textual_image").setLevel(logging.ERROR)
     try:
         import textual_image.widget  # noqa: F401
 
@@ -46,4 +50,6 @@ def launch(args: argparse.Namespace) -> int:
         code = app.run()
     finally:
         store.close()
+    if code is None and app.return_code:  # Textual printed a crash's traceback: not a success
+        return int(app.return_code)
     return int(code or 0)

@@ -103,11 +103,31 @@ class LlavaApp(CommandsMixin, App[int]):
         self.query_one(AttachmentBar).display = False
         self.query_one("#completions").display = False
         self.query_one(PromptInput).focus()
+        if getattr(self.store, "notice", None):  # the sessions database was repaired at open (tui.store)
+            self.notify(self.store.notice, severity="warning", timeout=20)
         for raw in self.initial_images:
             self.attach(Path(raw).expanduser())
         self._open_model(self.model_name, restore=self._resume_id())
         if not self.is_headless:
             watch_terminal(self)
+            self._exit_on_signals()
+
+    def _exit_on_signals(self) -> None:
+        """`kill -INT` / `kill -TERM` end the app like Ctrl+Q (terminal restored, finished turns saved), returning
+        130 / 143 as one-shot mode does; Python's default would raise inside Textual's event loop."""
+        import asyncio
+        import signal
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._exit_for_signal, 128 + sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+                return
+
+    def _exit_for_signal(self, code: int) -> None:
+        self._cancel.set()  # an answer being generated stops at its next token
+        self.exit(code)
 
     def cancel_answer(self) -> None:
         """Thread-safe: the answer being generated stops at its next token (what it has so far is kept)."""
@@ -140,7 +160,12 @@ class LlavaApp(CommandsMixin, App[int]):
     def _resume_id(self) -> int | None:
         if not self.resume:
             return None
-        for s in self.store.sessions():
+        try:
+            saved = self.store.sessions()
+        except LlavaLocalError as e:  # StoreError: the database failed after opening
+            self.notify(f"cannot resume {self.resume!r}: {e}", severity="error")
+            return None
+        for s in saved:
             if str(s.id) == self.resume or s.title == self.resume:
                 return s.id
         self.notify(f"no saved session {self.resume!r}: press ctrl+s to list them", severity="error")
@@ -176,7 +201,11 @@ class LlavaApp(CommandsMixin, App[int]):
             else:
                 row = self.store.session(session_id)
                 if row is not None:
-                    self.generation = GenerationConfig.from_dict(row.settings)
+                    try:
+                        self.generation = GenerationConfig.from_dict(row.settings)
+                    except LlavaLocalError as e:  # settings edited or damaged on disk: keep the current ones
+                        self.call_from_thread(self.notify, f"the saved settings are unusable ({e}); using the "
+                                              "current ones", severity="warning")
                     self.system = row.system
                 history = self.store.messages(session_id)
                 turns = messages_to_turns(history)
@@ -203,7 +232,10 @@ class LlavaApp(CommandsMixin, App[int]):
         used = getattr(self.session, "context_used", 0)
         self.status.set(state="ready", context_used=used)
         if session_id is not None:
-            row = self.store.session(session_id)
+            try:
+                row = self.store.session(session_id)
+            except LlavaLocalError:
+                row = None
             self.sub_title = row.title if row else ""
             self.notify(f"Resumed “{self.sub_title}” ({len(history)} messages)")
 
@@ -388,7 +420,10 @@ class LlavaApp(CommandsMixin, App[int]):
         self.cmd_new("")
 
     def action_sessions(self) -> None:
-        self.cmd_sessions("")
+        try:
+            self.cmd_sessions("")
+        except LlavaLocalError as e:
+            self.notify(str(e), severity="error")
 
     def action_settings(self) -> None:
         self.cmd_settings("")

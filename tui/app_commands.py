@@ -69,6 +69,7 @@ class CommandsMixin(_Base):
 
     def cmd_sessions(self, arg: str) -> None:
         self._idle()
+        self.store.sessions()  # a failing database is a notification here, not a crash inside the screen
 
         def chosen(session_id: int | None) -> None:
             if session_id is not None and self.model is not None:

@@ -5,23 +5,37 @@ Contract: `Store(data_dir)` opens (creating if needed) `data_dir/sessions.db` in
 its images and the answer in one transaction, so a `kill -9` at any moment leaves either the whole turn or
 none of it. Images are copied into `images/<sha256>.<ext>` *before* the transaction (write to a temp file,
 fsync, rename), so a stored message never points at a missing file and a session survives the original
-file moving. Stdlib only (sqlite3); no Textual imports, so the store is testable on its own.
+file moving. Stdlib only (sqlite3) plus `llava_local.errors`; no Textual imports, so the store is testable on its own.
+
+A damaged database never stops the app and is never overwritten or deleted (`tui.store_repair`): a damaged file
+(corrupt pages, not a database, foreign tables) is renamed to `sessions.damaged-<time>.db` with its `-wal`, a fresh
+`sessions.db` is created, every session still readable in the damaged copy is copied into it under its old id, and
+`notice` says so in one line for the app to show. Rows that read but hold nonsense (settings that are not a JSON
+object, a title that is a number, an image reference that is not a sha256) come back with defaults or are skipped.
+A failure after opening (the disk goes bad mid-chat) raises `StoreError`, a `LlavaLocalError` the app turns into a
+notification.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from llava_local.errors import LlavaLocalError
 from llava_local.templates import Turn
+
+from . import store_repair as repair
+from .store_repair import Damaged, decode, json_object, number, text
 
 SCHEMA_VERSION = 1
 
@@ -54,6 +68,29 @@ CREATE TABLE IF NOT EXISTS message_images (
     PRIMARY KEY (message_id, position)
 );
 """
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_EXT = re.compile(r"\.[^/\\\x00]{1,32}")  # what Path.suffix can give, never a separator
+
+
+class StoreError(LlavaLocalError):
+    """The sessions database failed after it was opened (disk error, damage appearing mid-run)."""
+
+
+_T = TypeVar("_T")
+
+
+def _guarded(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """sqlite3 errors from a store method become one-line StoreErrors."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> _T:
+        try:
+            return fn(self, *args, **kwargs)
+        except (sqlite3.Error, UnicodeDecodeError) as e:
+            raise StoreError(f"the sessions database {self.db_path} failed: {e}") from None
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -109,14 +146,51 @@ class Store:
         self.images_dir = self.data_dir / "images"
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.data_dir / "sessions.db"
+        self.notice: str | None = None  # one line for the user when the database had to be repaired
+        self.damaged_copy: Path | None = None
+        try:
+            self._db = self._open(self.db_path)
+        except Damaged as e:
+            self.damaged_copy = repair.move_aside(self.db_path)
+            self._db = self._open(self.db_path)
+            saved, total = repair.salvage(self.damaged_copy, self.data_dir, self._copy_session)
+            self.notice = (f"the sessions database was damaged ({e}); it is kept as {self.damaged_copy.name} and "
+                           f"{saved} of {total} sessions were copied into a new one")
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        """Check the file, then connect and create the schema; Damaged if it is not a healthy sessions database."""
+        repair.check(path)
         # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE … COMMIT), one per turn.
-        self._db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk when save_turn returns, so a finished turn survives power loss too.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.text_factory = decode
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk when save_turn returns, so a finished turn survives power loss too.
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _copy_session(self, src: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+        """Salvage: one session (a SESSION_COLUMNS row) and its messages from a damaged database, in one transaction."""
+        sid, title, model, settings, system, created, updated = row
+        msgs = list(_read_messages(src, sid))
+        with self._transaction():
+            # The same id when it is a free integer, so `--session 3` still finds session 3.
+            keep_id = sid if isinstance(sid, int) and not self._db.execute(
+                "SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone() else None
+            cur = self._db.execute(
+                "INSERT INTO sessions (id, title, model, settings, system, created, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (keep_id, text(title, "untitled"), text(model), json.dumps(json_object(settings)),
+                 None if system is None else text(system), number(created), number(updated)))
+            for pos, m in enumerate(msgs):
+                self._insert(int(cur.lastrowid), pos, m)
 
     def close(self) -> None:
         self._db.close()
@@ -136,6 +210,7 @@ class Store:
         return ref.path(self.images_dir)
 
     # -- sessions -------------------------------------------------------------------------------
+    @_guarded
     def create_session(self, title: str, model: str, settings: dict[str, Any], system: str | None) -> int:
         now = time.time()
         cur = self._db.execute(
@@ -144,6 +219,7 @@ class Store:
         )
         return int(cur.lastrowid)
 
+    @_guarded
     def update_session(self, session_id: int, **fields: Any) -> None:
         """Change `title`, `model`, `settings` (dict) or `system` of a session."""
         allowed = {"title", "model", "settings", "system"}
@@ -155,10 +231,12 @@ class Store:
         self._db.execute(f"UPDATE sessions SET {sets}, updated = ? WHERE id = ?",
                          (*fields.values(), time.time(), session_id))
 
+    @_guarded
     def delete_session(self, session_id: int) -> None:
         """Delete a session and its messages. Image files stay: other sessions may share them."""
         self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
 
+    @_guarded
     def sessions(self) -> list[SessionRow]:
         """All sessions, most recently updated first."""
         rows = self._db.execute(
@@ -166,26 +244,22 @@ class Store:
             "(SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id) "
             "FROM sessions s ORDER BY s.updated DESC, s.id DESC"
         ).fetchall()
-        return [SessionRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]) for r in rows]
+        # SQLite keeps whatever type was written: a row edited by hand comes back with defaults, not a crash.
+        return [SessionRow(r[0], text(r[1], "untitled"), text(r[2]), json_object(r[3]),
+                           None if r[4] is None else text(r[4]), number(r[5]), int(r[6]))
+                for r in rows if isinstance(r[0], int)]
 
+    @_guarded
     def session(self, session_id: int) -> SessionRow | None:
         return next((s for s in self.sessions() if s.id == session_id), None)
 
+    @_guarded
     def messages(self, session_id: int) -> list[Message]:
-        """A session's messages in conversation order, with their images."""
-        rows = self._db.execute(
-            "SELECT id, role, text, stop_reason, stats FROM messages WHERE session_id = ? ORDER BY position",
-            (session_id,),
-        ).fetchall()
-        out = []
-        for mid, role, text, stop, stats in rows:
-            imgs = self._db.execute(
-                "SELECT sha256, ext, name FROM message_images WHERE message_id = ? ORDER BY position", (mid,)
-            ).fetchall()
-            out.append(Message(role, text, tuple(ImageRef(*i) for i in imgs), stop, json.loads(stats or "{}")))
-        return out
+        """A session's messages in conversation order, with their images (malformed rows skipped)."""
+        return list(_read_messages(self._db, session_id))
 
     # -- turns ----------------------------------------------------------------------------------
+    @_guarded
     def save_turn(self, session_id: int, user: Message, answer: Message) -> None:
         """Append a finished turn (question + answer) in one transaction."""
         with self._transaction():
@@ -194,6 +268,7 @@ class Store:
             self._insert(session_id, n + 1, answer)
             self._db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), session_id))
 
+    @_guarded
     def replace_last_answer(self, session_id: int, answer: Message) -> None:
         """Regenerate: swap the last assistant message for a new one, in one transaction."""
         with self._transaction():
@@ -205,6 +280,7 @@ class Store:
             self._insert(session_id, row[1] if row else 0, answer)
             self._db.execute("UPDATE sessions SET updated = ? WHERE id = ?", (time.time(), session_id))
 
+    @_guarded
     def clear_messages(self, session_id: int) -> None:
         self._db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
 
@@ -233,6 +309,26 @@ class _Tx:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _read_messages(db: sqlite3.Connection, session_id: int) -> Sequence[Message]:
+    rows = db.execute(
+        "SELECT id, role, text, stop_reason, stats FROM messages WHERE session_id = ? ORDER BY position",
+        (session_id,),
+    ).fetchall()
+    out = []
+    for mid, role, body, stop, stats in rows:
+        if role not in ("user", "assistant"):
+            continue  # the CHECK constraint is not re-checked on read: a damaged row can say anything
+        imgs = db.execute(
+            "SELECT sha256, ext, name FROM message_images WHERE message_id = ? ORDER BY position", (mid,)
+        ).fetchall()
+        # Only well-formed references: the path is built from them, so "../x" must never reach the filesystem.
+        refs = tuple(ImageRef(sha, ext, text(name, "image")) for sha, ext, name in imgs
+                     if isinstance(sha, str) and isinstance(ext, str) and _SHA256.fullmatch(sha)
+                     and _EXT.fullmatch(ext))
+        out.append(Message(role, text(body), refs, stop if isinstance(stop, str) else None, json_object(stats)))
+    return out
 
 
 def messages_to_turns(messages: Sequence[Message]) -> list[Turn]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..config import DEVICES, GenerationConfig, RuntimeConfig
 from ..errors import ImageError, LlavaLocalError, UsageError
+from ..exits import OutputError, stdout_closed
 from ..manifest import VISION_DTYPES
 from ..plugins import load_plugin, plugins
 
@@ -71,8 +72,6 @@ def generation_from_args(args: argparse.Namespace) -> GenerationConfig:
 def runtime_from_args(args: argparse.Namespace) -> RuntimeConfig:
     """RuntimeConfig from the chat flags (missing attributes mean the defaults, for callers like `python -m tui`)."""
     n_ctx = getattr(args, "n_ctx", None)
-    if n_ctx is not None and n_ctx <= 0:
-        raise UsageError(f"--n-ctx must be positive, got {n_ctx}")
     return RuntimeConfig(device=getattr(args, "device", None) or "auto", n_ctx=n_ctx,
                          quant=getattr(args, "quant", None), vision_dtype=getattr(args, "vision_dtype", None))
 
@@ -102,11 +101,15 @@ def run(args: argparse.Namespace) -> int:
 def _question(args: argparse.Namespace) -> str:
     if args.prompt is not None:
         text = args.prompt
+    elif sys.stdin is None:  # started with fd 0 closed (`<&-`)
+        raise UsageError("no question: stdin is closed; pass --prompt \"...\"")
     elif not _isatty(sys.stdin):
         try:
             text = sys.stdin.read()
         except UnicodeDecodeError:
             raise UsageError("the question on stdin is not valid text in the terminal's encoding (use UTF-8)") from None
+        except OSError as e:
+            raise LlavaLocalError(f"cannot read the question from stdin: {e.strerror or e}") from None
     else:
         raise UsageError("no question: pass --prompt \"...\" or pipe the question on stdin")
     if not text.strip():
@@ -123,6 +126,11 @@ def one_shot(args: argparse.Namespace) -> int:
 
     gen = generation_from_args(args)
     runtime = runtime_from_args(args)
+    if getattr(args, "session", None) is not None:
+        raise UsageError("--session resumes a conversation in the terminal app; one-shot mode (--prompt, --json, "
+                         "piped input or output) always starts fresh: drop --session")
+    if stdout_closed():  # checked before the model loads: the answer would go nowhere
+        raise OutputError("cannot write to standard output: it is closed")
     question = _question(args)
     for path in args.images:
         check_image_file(path)  # ImageError for a missing file before the model loads; decoded once, by the session

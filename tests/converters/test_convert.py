@@ -120,6 +120,7 @@ def test_failed_step_leaves_no_bundle(stage, tiny_hf_checkpoint, tmp_path):
 def test_existing_output_is_refused_then_replaced_with_force(tiny_hf_checkpoint, tmp_path, capsys):
     out = tmp_path / "b"
     out.mkdir()
+    (out / "manifest.json").write_text("{}")  # a previous bundle: the only kind --force replaces
     (out / "keep.txt").write_text("mine")
     argv = ["convert", str(tiny_hf_checkpoint), "-o", str(out), "--quant", "f16", "--no-verify", "--quiet"]
     assert main(argv) == 1

@@ -14,7 +14,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Static
 
-from ..store import Store
+from ..store import Store, StoreError
 
 
 def _age(t: float, now: float) -> str:
@@ -57,7 +57,12 @@ class SessionsScreen(ModalScreen[int | None]):
         table = self.query_one(DataTable)
         table.clear()
         now = self.now if self.now is not None else time.time()
-        for s in self.store.sessions():
+        try:
+            saved = self.store.sessions()
+        except StoreError as e:  # the database failed after opening: say so, keep the app
+            self.app.notify(str(e), severity="error")
+            return
+        for s in saved:
             mark = "●" if s.id == self.current else ""
             model = Path(s.model).name or s.model  # a bundle path shows as its folder name
             table.add_row(mark, s.title, model, str(s.n_messages), _age(s.updated, now), key=str(s.id))
@@ -85,7 +90,10 @@ class SessionsScreen(ModalScreen[int | None]):
         if sid is None:
             return
         inp = self.query_one("#rename-input", Input)
-        row = self.store.session(sid)
+        try:
+            row = self.store.session(sid)
+        except StoreError:
+            row = None
         inp.value = row.title if row else ""
         inp.display = True
         inp.focus()
@@ -94,7 +102,10 @@ class SessionsScreen(ModalScreen[int | None]):
         sid = self._selected()
         title = event.value.strip()
         if sid is not None and title:
-            self.store.update_session(sid, title=title)
+            try:
+                self.store.update_session(sid, title=title)
+            except StoreError as e:
+                self.app.notify(str(e), severity="error")
             self._fill()
         event.input.display = False
         self.query_one(DataTable).focus()
@@ -103,6 +114,10 @@ class SessionsScreen(ModalScreen[int | None]):
         sid = self._selected()
         if sid is None:
             return
-        self.store.delete_session(sid)
+        try:
+            self.store.delete_session(sid)
+        except StoreError as e:
+            self.app.notify(str(e), severity="error")
+            return
         self.notify(f"Deleted session {sid}")
         self._fill()
