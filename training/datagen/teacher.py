@@ -34,8 +34,10 @@ LOCATION = {
 }
 
 
+Phrasings = dict[str, tuple[str, ...]]  # question type → templates
+
 # question phrasings per type; {ref} is a unique noun phrase ("small circle").
-ASK: dict[str, tuple[str, ...]] = {
+ASK: Phrasings = {
     "colour": ("What colour is the {ref}?", "What is the colour of the {ref}?", "Which colour is the {ref}?"),
     "shape": ("What shape is the {ref}?", "Which shape is the {ref}?", "What kind of shape is the {ref}?"),
     "position": ("Where is the {ref}?", "Where is the {ref} in the image?", "In which part of the image is the {ref}?"),
@@ -43,6 +45,10 @@ ASK: dict[str, tuple[str, ...]] = {
     "existence": ("Is there {ref} in the image?", "Do you see {ref}?", "Does the picture contain {ref}?"),
     "description": ("Describe the image briefly.", "What is in this image?", "Give a short description of the image."),
 }
+
+
+# the yes/no relation question ({a}, {b}: unique noun phrases; {rel}: "to the left of", "above", ...)
+RELATION_ASK: tuple[str, ...] = ("Is the {a} {rel} the {b}?",)
 
 
 @dataclass(frozen=True)
@@ -145,34 +151,34 @@ def _shuffled(items: list, rng: random.Random) -> list:
     return items
 
 
-def _colour_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
+def _colour_qa(scene: Scene, rng: random.Random, ask: Phrasings = ASK) -> Iterator[QA]:
     for o in _shuffled(list(scene.objects), rng):
         ref = _ref_without(scene, o, "colour")
         if ref:
-            q = rng.choice(ASK["colour"]).format(ref=ref)
+            q = rng.choice(ask["colour"]).format(ref=ref)
             yield QA(q, o.colour, "colour", f"The {ref} is {o.colour}.")
 
 
-def _shape_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
+def _shape_qa(scene: Scene, rng: random.Random, ask: Phrasings = ASK) -> Iterator[QA]:
     for o in _shuffled(list(scene.objects), rng):
         ref = _ref_without(scene, o, "shape")
         if ref:
-            q = rng.choice(ASK["shape"]).format(ref=ref)
+            q = rng.choice(ask["shape"]).format(ref=ref)
             yield QA(q, o.shape, "shape", f"The {ref} is {article(o.shape)}.")
 
 
-def _count_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
+def _count_qa(scene: Scene, rng: random.Random, ask: Phrasings = ASK) -> Iterator[QA]:
     for f in _shuffled(count_kinds(scene), rng):
         n = len(scene.matching(**f))
         noun = kind_noun(f)
-        q = rng.choice(ASK["count"]).format(ref=noun + "s")
+        q = rng.choice(ask["count"]).format(ref=noun + "s")
         s = f"There {_be(n)} {number_word(n)} {plural(noun, n)}." if n else f"There are no {noun}s."
         yield QA(q, str(n), "count", s)
 
 
-def _position_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
+def _position_qa(scene: Scene, rng: random.Random, ask: Phrasings = ASK) -> Iterator[QA]:
     for o, ref in _shuffled(referable(scene), rng):
-        q = rng.choice(ASK["position"]).format(ref=ref)
+        q = rng.choice(ask["position"]).format(ref=ref)
         yield QA(q, o.region, "position", f"The {ref} is {LOCATION[o.region]}.")
 
 
@@ -184,7 +190,7 @@ _RELATIONS = {  # name → (true when a vs b holds, the opposite relation)
 }
 
 
-def _relation_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
+def _relation_qa(scene: Scene, rng: random.Random, ask: Phrasings = ASK) -> Iterator[QA]:
     refs = referable(scene)
     # same column (row): neither left nor right (above nor below) holds, so we never ask
     cands = [(a, ra, b, rb, rel) for a, ra in refs for b, rb in refs if a is not b for rel in _RELATIONS
@@ -193,23 +199,26 @@ def _relation_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
         holds, opposite = _RELATIONS[rel]
         yes = holds(a, b)
         s = f"Yes, the {ra} is {rel} the {rb}." if yes else f"No, the {ra} is {opposite} the {rb}."
-        yield QA(f"Is the {ra} {rel} the {rb}?", "yes" if yes else "no", "relation", s)
+        # the training phrasing has one template and draws nothing (its data stays as it was); other tables pick one
+        forms = ask.get("relation", RELATION_ASK)
+        q = (forms[0] if len(forms) == 1 else rng.choice(forms)).format(a=ra, rel=rel, b=rb)
+        yield QA(q, "yes" if yes else "no", "relation", s)
 
 
-def _existence_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
+def _existence_qa(scene: Scene, rng: random.Random, ask: Phrasings = ASK) -> Iterator[QA]:
     present = sorted({(o.colour, o.shape) for o in scene.objects})
     absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
     # as many absent as present (plus one) candidates, so yes and no are about equally likely
     for c, s in _shuffled(present + rng.sample(absent, min(len(absent), len(present) + 1)), rng):
         yes = (c, s) in present
-        q = rng.choice(ASK["existence"]).format(ref=article(c + " " + s))
+        q = rng.choice(ask["existence"]).format(ref=article(c + " " + s))
         sent = f"Yes, there is {article(c + ' ' + s)}." if yes else f"No, there is no {c} {s}."
         yield QA(q, "yes" if yes else "no", "existence", sent)
 
 
-def _description_qa(scene: Scene, rng: random.Random) -> Iterator[QA]:
+def _description_qa(scene: Scene, rng: random.Random, ask: Phrasings = ASK) -> Iterator[QA]:
     cap = captions(scene, rng, 1)[0]
-    q = rng.choice(ASK["description"])
+    q = rng.choice(ask["description"])
     yield QA(q, cap, "description", cap)
 
 
@@ -225,9 +234,10 @@ def qa_pairs(scene: Scene, rng: random.Random, qtypes: tuple[str, ...] = QTYPES)
         yield from _QA_MAKERS[t](scene, rng)
 
 
-def sample_qa(scene: Scene, rng: random.Random, qtype: str) -> QA | None:
-    """One random question of `qtype` (None if the scene allows none, e.g. colour with no unique object)."""
-    return next(_QA_MAKERS[qtype](scene, rng), None)
+def sample_qa(scene: Scene, rng: random.Random, qtype: str, ask: Phrasings = ASK) -> QA | None:
+    """One random question of `qtype` (None if the scene allows none, e.g. colour with no unique object), worded
+    from `ask` (the teacher's own phrasings unless another table, e.g. the held-out evaluation's, is given)."""
+    return next(_QA_MAKERS[qtype](scene, rng, ask), None)
 
 
 # ---- the three response types -------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Held-out evaluation on the synthetic world: the shipped bundle and the torch model, same questions.
 
 Contract:
-- `eval_set(n, seed)` → the questions: for scenes `make_scene(seed, 0..n-1)` one teacher question per type
-  (`corpus.QTYPES`), each with the scene, its rendered PNG bytes and the canonical answer. Deterministic.
+- `eval_set(n, seed, phrasing)` → the questions: for scenes `make_scene(seed, 0..n-1)` one teacher question per type
+  (`corpus.QTYPES`), each with the scene, its rendered PNG bytes and the canonical answer. Deterministic. With
+  `phrasing="heldout"` the same scenes are asked in `phrasings.HELDOUT_ASK`'s wordings, asked without the short-answer
+  instruction and scored by `phrasings.score_natural`.
 - `score(qa, prediction, scene)` → bool. Short answers: exact match after lower-casing and stripping
   punctuation ("Red." == "red"). Descriptions ("short description facts"): the checker finds no false claim
   in the text and the inventory it names ("two red circles and a blue square") equals the scene's, as a
@@ -39,15 +41,27 @@ from .corpus import QTYPES, eval_items, grounded_prompt, prompt_of
 IMAGE_SIZE = 96  # rendered side in pixels; the bundle's preprocessing resizes if it wants another size
 
 
+PHRASINGS = ("teacher", "heldout")  # the teacher's own wording (+ the short-answer instruction), or `phrasings.py`'s
+
+
 @dataclass(frozen=True)
 class EvalItem:
     scene: Scene
     png: bytes
     qa: teacher.QA
+    phrasing: str = "teacher"
 
     @property
     def prompt(self) -> str:
-        return prompt_of(self.qa)
+        # held-out questions come as a user types them: no "answer with a single word" instruction
+        return self.qa.question if self.phrasing == "heldout" else prompt_of(self.qa)
+
+    def correct(self, prediction: str) -> bool:
+        if self.phrasing == "heldout":
+            from .phrasings import score_natural
+
+            return score_natural(self.qa, self.qa.question, prediction, self.scene)
+        return score(self.qa, prediction, self.scene)
 
 
 @dataclass
@@ -60,7 +74,7 @@ class EvalResult:
     def add(self, item: EvalItem, prediction: str) -> None:
         self.items.append({"scene": item.scene.key, "type": item.qa.qtype, "question": item.prompt,
                            "answer": item.qa.answer, "prediction": prediction,
-                           "correct": score(item.qa, prediction, item.scene)})
+                           "correct": item.correct(prediction)})
 
     def per_type(self) -> dict[str, tuple[int, int]]:
         """type → (correct, total), in QTYPES order."""
@@ -81,15 +95,24 @@ class EvalResult:
                 "seconds": round(self.seconds, 1)}
 
 
-def eval_set(n: int, seed: int, qtypes: Sequence[str] = QTYPES) -> list[EvalItem]:
-    """The questions for scenes 0..n-1 of world `seed` (one per type and scene where the scene allows it)."""
+def eval_set(n: int, seed: int, qtypes: Sequence[str] = QTYPES, phrasing: str = "teacher") -> list[EvalItem]:
+    """The questions for scenes 0..n-1 of world `seed` (one per type and scene where the scene allows it), in the
+    teacher's wording or the held-out one (`phrasings.HELDOUT_ASK`: the same scenes, other words)."""
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"phrasing must be one of {PHRASINGS}, not {phrasing!r}")
     items = []
     for i in range(n):
         scene = make_scene(seed, i)
         buf = io.BytesIO()
         render(scene, IMAGE_SIZE).save(buf, format="PNG")
         rng = random.Random(f"demo-eval:{seed}:{i}")
-        items += [EvalItem(scene, buf.getvalue(), qa) for qa in eval_items(scene, rng, qtypes)]
+        if phrasing == "heldout":
+            from .phrasings import HELDOUT_ASK
+
+            qas = [qa for t in qtypes if (qa := teacher.sample_qa(scene, rng, t, HELDOUT_ASK)) is not None]
+        else:
+            qas = eval_items(scene, rng, qtypes)
+        items += [EvalItem(scene, buf.getvalue(), qa, phrasing) for qa in qas]
     return items
 
 
@@ -121,12 +144,12 @@ def score(qa: teacher.QA, prediction: str, scene: Scene) -> bool:
 
 
 def evaluate_bundle(model: str | Path | None, n: int, seed: int, *, device: str = "cpu", threads: int | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> EvalResult:
+                    progress: Callable[[int, int], None] | None = None, phrasing: str = "teacher") -> EvalResult:
     """Every question in a fresh conversation through `llava_local.ChatSession`, greedy."""
     from llava_local import ChatSession, GenerationConfig, RuntimeConfig, open_model
     from llava_local.events import Finished
 
-    items = eval_set(n, seed)
+    items = eval_set(n, seed, phrasing=phrasing)
     result = EvalResult()
     t0 = time.time()
     # No disk cache: 300 synthetic images do not belong in the user's embedding cache.
@@ -147,7 +170,7 @@ def evaluate_bundle(model: str | Path | None, n: int, seed: int, *, device: str 
 
 
 def evaluate_torch(checkpoint: str | Path, n: int, seed: int, *, batch_size: int = 32,
-                   progress: Callable[[int, int], None] | None = None) -> EvalResult:
+                   progress: Callable[[int, int], None] | None = None, phrasing: str = "teacher") -> EvalResult:
     """The same questions through transformers' LlavaForConditionalGeneration (layout c), greedy, batched."""
     import json
 
@@ -183,7 +206,7 @@ def evaluate_torch(checkpoint: str | Path, n: int, seed: int, *, batch_size: int
                                  do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=pad)
         return _answers(out[:, ids.shape[1]:], tok)
 
-    return _ask_in_batches(eval_set(n, seed), batch_size, answer, progress)
+    return _ask_in_batches(eval_set(n, seed, phrasing=phrasing), batch_size, answer, progress)
 
 
 def text_prompt_ids(item: EvalItem, tok: Any) -> list[int]:
@@ -195,7 +218,7 @@ def text_prompt_ids(item: EvalItem, tok: Any) -> list[int]:
 
 
 def evaluate_text(llm_dir: str | Path, n: int, seed: int, *, batch_size: int = 32,
-                  progress: Callable[[int, int], None] | None = None) -> EvalResult:
+                  progress: Callable[[int, int], None] | None = None, phrasing: str = "teacher") -> EvalResult:
     """The same questions asked of a text-only LLaMA (the recipe's `base-llm`) with the scene written out where
     the image goes (`text_prompt_ids`), greedy, batched: what the language model can do before it sees an image."""
     import torch
@@ -212,7 +235,7 @@ def evaluate_text(llm_dir: str | Path, n: int, seed: int, *, batch_size: int = 3
                                  eos_token_id=tok.eos_token_id, pad_token_id=pad)
         return _answers(out[:, ids.shape[1]:], tok)
 
-    return _ask_in_batches(eval_set(n, seed), batch_size, answer, progress)
+    return _ask_in_batches(eval_set(n, seed, phrasing=phrasing), batch_size, answer, progress)
 
 
 def _ask_in_batches(items: list[EvalItem], batch_size: int, answer: Callable[[list[EvalItem]], list[str]],
