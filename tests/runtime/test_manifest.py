@@ -108,3 +108,28 @@ def test_shipped_demo_bundle_suggests_questions():
 
     demo = Path(__file__).resolve().parents[2] / "models" / "llava-local-tiny"
     assert load_manifest(demo).suggested_prompts == SUGGESTED_PROMPTS  # the recipe stamps what ships
+
+
+def test_shipped_demo_manifest_names_no_machine_paths():
+    import os
+    from pathlib import Path
+
+    from training.demo.recipe import _portable
+
+    def strings(x):
+        if isinstance(x, dict):
+            for v in x.values():
+                yield from strings(v)
+        elif isinstance(x, list):
+            for v in x:
+                yield from strings(v)
+        elif isinstance(x, str):
+            yield x
+
+    repo = Path(__file__).resolve().parents[2]
+    d = json.loads((repo / "models" / "llava-local-tiny" / "manifest.json").read_text())
+    assert [s for s in strings(d) if os.path.isabs(s)] == []
+    work = Path("/elsewhere/demo-work")
+    assert _portable(str(repo / "build" / "r11" / "final"), work) == "build/r11/final"
+    assert _portable(str(work / "final"), work) == "<work>/final"
+    assert _portable("/opt/ckpt", work) == "/opt/ckpt" and _portable(None, work) is None

@@ -310,6 +310,7 @@ class Recipe:
 
         m = load_manifest(bundle)
         prov = dict(m.provenance)
+        prov["source"] = _portable(prov.get("source"), self.work)  # a shipped manifest names no build machine's paths
         prov["recipe"] = {"id": RECIPE_ID, "command": "python -m training.demo.recipe --out models/llava-local-tiny",
                           "config": asdict(self.cfg), "data_seed": self.cfg.world_seed, "precision": self.precision,
                           "timings_s": {k: v.get("seconds") for k, v in self.report["stages"].items()}}
@@ -340,6 +341,18 @@ class Recipe:
         (self.work / "recipe-report.json").write_text(json.dumps(self.report, indent=2, default=str) + "\n",
                                                       encoding="utf-8")
         return self.report
+
+
+def _portable(path: Any, work: Path) -> Any:
+    """A provenance path as others can read it: relative to the repository when inside it, `<work>/...` when inside
+    the recipe's work dir elsewhere, else as it is."""
+    if not isinstance(path, str) or not Path(path).is_absolute():
+        return path
+    p, repo = Path(path).resolve(), Path(__file__).resolve().parents[2]
+    for base, prefix in ((repo, ""), (work.resolve(), "<work>/")):
+        if p.is_relative_to(base):
+            return prefix + p.relative_to(base).as_posix()
+    return path
 
 
 def _cpu_seconds() -> float:
