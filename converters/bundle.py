@@ -130,7 +130,10 @@ def _overlaps(target: Path, source: Path) -> str | None:
     return None
 
 
-def _prepare_target(out: Path, force: bool, sources: tuple[Path | None, ...] = ()) -> Path:
+def _prepare_target(out: Path, force: bool, sources: tuple[Path | None, ...] = (), marker: str = "manifest.json"
+                    ) -> Path:
+    """The resolved output dir: never the source, inside it or above it; with `force`, an existing non-empty dir is
+    replaced only if it holds `marker` (what this command writes: a bundle's manifest, an export's export.json)."""
     target = out.expanduser().resolve()
     for src in sources:
         if src is None:
@@ -145,9 +148,11 @@ def _prepare_target(out: Path, force: bool, sources: tuple[Path | None, ...] = (
         if any(target.iterdir()):
             if not force:
                 raise ConversionError(f"output {target} exists and is not empty; pass --force to replace it")
-            if not (target / "manifest.json").is_file():
-                raise ConversionError(f"output {target} is not a bundle (no manifest.json) and --force only replaces "
-                                      "bundles; choose another -o or remove it yourself")
+            if not (target / marker).is_file():
+                what = "a bundle" if marker == "manifest.json" else "an earlier output of this command"
+                raise ConversionError(f"output {target} is not {what} (no {marker}) and --force only replaces "
+                                      f"{what.removeprefix('a ').removeprefix('an ')}s; choose another -o or remove "
+                                      "it yourself")
     target.parent.mkdir(parents=True, exist_ok=True)
     return target
 
@@ -224,7 +229,12 @@ def _publish(tmp: Path, target: Path) -> None:
     if target.exists():
         old = target.with_name(f".{target.name}.old-{time.time_ns()}")
         target.rename(old)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)  # never leave the user without the bundle they had
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

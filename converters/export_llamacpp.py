@@ -28,8 +28,9 @@ import numpy as np
 
 from llava_local.errors import ConversionError
 
-from .bundle import _prepare_target, _publish
+from .bundle import _clean_stale, _prepare_target, _publish, _workdir
 from .import_gguf import _link_or_copy
+from .sources import _clean_name
 from .verify import sample_pixels
 
 MMPROJ_NAME = "mmproj-model-f16.gguf"
@@ -60,8 +61,9 @@ def export(opts: ExportOptions) -> ExportResult:
     src = Path(opts.src).expanduser()
     if not src.exists():
         raise ConversionError(f"not found: {src} (give a bundle directory or a checkpoint directory)")
-    target = _prepare_target(opts.out, opts.force)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    target = _prepare_target(opts.out, opts.force, (src,), marker="export.json")
+    _clean_stale(target)
+    tmp = _workdir(target)
     try:
         if (src / "manifest.json").is_file():
             report, files = _from_bundle(src, tmp, opts)
@@ -79,13 +81,7 @@ def _modelfile(tmp: Path, llm_name: str, template: str, stops: tuple[str, ...], 
                params: dict[str, Any] | None = None) -> None:
     from .sources import render_modelfile
 
-    text = render_modelfile(llm_name, MMPROJ_NAME, template, list(stops), dict(params or {}))
-    if system:  # a bundle's own system prompt replaces the template's (render_modelfile writes the latter)
-        from .sources import _modelfile_value
-
-        lines = [ln for ln in text.splitlines() if not ln.startswith("SYSTEM ")]
-        lines.insert(3, f"SYSTEM {_modelfile_value(system)}")
-        text = "\n".join(lines) + "\n"
+    text = render_modelfile(llm_name, MMPROJ_NAME, template, list(stops), dict(params or {}), system=system)
     (tmp / "Modelfile").write_text(text, encoding="utf-8")
 
 
@@ -113,7 +109,7 @@ def _from_bundle(bundle: Path, tmp: Path, opts: ExportOptions) -> tuple[dict[str
         gone = prov.get("mmproj") or prov.get("source") or "nothing"
         raise ConversionError(f"bundle {bundle}: its vision weights live only in the ONNX graph and its source "
                               f"({gone}) is gone; export the checkpoint instead: llava-local export CHECKPOINT")
-    name = opts.name or m.name
+    name = _clean_name(opts.name or m.name)  # it becomes a file name
     llm_name = f"{name}-{quant}.gguf"
     llm_how = _link_or_copy(bundle / m.llm.files[quant], tmp / llm_name)
     report = {"source": str(bundle.resolve()), "kind": "bundle", "mmproj": how, "llm": f"{m.llm.files[quant]} "
@@ -136,7 +132,7 @@ def _from_checkpoint(src: Path, tmp: Path, opts: ExportOptions) -> tuple[dict[st
     if ckpt.projector_type != "mlp2x_gelu":
         raise ConversionError(f"{src}: llama.cpp's LLaVA graph has no {ckpt.projector_type} projector (it applies "
                               "GELU after mm.0); only mlp2x_gelu checkpoints can be exported")
-    name = opts.name or src.name
+    name = _clean_name(opts.name or src.name)
     write_mmproj(ckpt, tmp / MMPROJ_NAME, name=name)
     quant = opts.quant or "f16"
     base = "f32" if quant == "f32" else "f16"

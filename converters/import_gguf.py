@@ -26,7 +26,6 @@ import datetime as _dt
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,17 @@ from llava_local.manifest import LLM_FTYPES, VISION_DTYPES, LLMSpec, Manifest, V
 from llava_local.preprocess import PreprocessConfig
 from llava_local.templates import TEMPLATES, Turn, get_template, text_chunks
 
-from .bundle import VISION_FILES, Progress, _prepare_target, _publish, _Step, llm_file, vision_variants
+from .bundle import (
+    VISION_FILES,
+    Progress,
+    _clean_stale,
+    _prepare_target,
+    _publish,
+    _Step,
+    _workdir,
+    llm_file,
+    vision_variants,
+)
 from .mmproj import field_value, open_gguf, read_mmproj
 from .sources import Source, resolve_source
 from .verify import sample_pixels
@@ -212,11 +221,12 @@ def import_pair(opts: ImportOptions, *, show_progress: bool = True,
         print(notes[-1], file=sys.stderr, flush=True)
     preprocess = PreprocessConfig(mode=mode, size=spec.image_size, mean=spec.mean, std=spec.std,
                                   resample=spec.resample or "bicubic")
-    target = _prepare_target(opts.out, opts.force)
+    target = _prepare_target(opts.out, opts.force, (src.llm, src.mmproj))
     quant = opts.quant or info.file_type
     extra_vision = [d for d in dict.fromkeys(opts.vision_dtypes) if d != "fp32"]
     progress = ImportProgress(3 + len(extra_vision) + int(opts.fuse_vision) + int(opts.verify), enabled=show_progress)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    _clean_stale(target, progress.note)
+    tmp = _workdir(target)
     try:
         pixels = sample_pixels(preprocess)
         hook("vision")

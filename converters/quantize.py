@@ -16,11 +16,14 @@ from pathlib import Path
 
 from llava_local import llamalog
 from llava_local.errors import ConversionError
-from llava_local.manifest import LLM_QUANTS
+from llava_local.manifest import LLM_FTYPES, LLM_QUANTS
 
 
 def quantize(src: Path, dst: Path, quant: str, n_threads: int = 0) -> Path:
-    """Quantize `src` (F32/F16 GGUF) to `dst` as `quant`; ConversionError if llama.cpp refuses."""
+    """Quantize `src` (F32/F16 GGUF) to `dst` as `quant` (a llama.cpp file type name, `LLM_FTYPES`); ConversionError
+    for an unknown name or if llama.cpp refuses."""
+    if quant not in LLM_FTYPES:
+        raise ConversionError(f"unknown quantization {quant!r}; choose from {', '.join(LLM_QUANTS)}")
     try:
         import llama_cpp
     except ImportError:
@@ -28,7 +31,7 @@ def quantize(src: Path, dst: Path, quant: str, n_threads: int = 0) -> Path:
     llamalog.install()  # one line per tensor otherwise; the converter reports its own progress
     llamalog.clear_errors()
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = LLM_QUANTS[quant]
+    params.ftype = LLM_FTYPES[quant]
     params.nthread = n_threads
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0 or not dst.is_file():

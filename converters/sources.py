@@ -291,8 +291,9 @@ def _modelfile_value(value: str) -> str:
 
 
 def render_modelfile(llm_file: str, mmproj_file: str, template: str, stop: list[str],
-                     params: dict[str, Any]) -> str:
-    """An Ollama Modelfile for `llm_file` + `mmproj_file` (paths relative to the Modelfile) with our template."""
+                     params: dict[str, Any], system: str | None = None) -> str:
+    """An Ollama Modelfile for `llm_file` + `mmproj_file` (paths relative to the Modelfile) with our template; its
+    SYSTEM is `system` when given (a bundle's own system prompt), else the template's."""
     from llava_local.templates import get_template
 
     tmpl = get_template(template)
@@ -301,8 +302,8 @@ def render_modelfile(llm_file: str, mmproj_file: str, template: str, stop: list[
         raise SourceError(f"template {template!r} has no Ollama (Go) rendering; known: {known}")
     lines = [f"FROM {_relative(llm_file)}", f"FROM {_relative(mmproj_file)}",
              f"TEMPLATE {_modelfile_value(GO_TEMPLATES[template])}"]
-    if tmpl.system:
-        lines.append(f"SYSTEM {_modelfile_value(tmpl.system)}")
+    if system or tmpl.system:
+        lines.append(f"SYSTEM {_modelfile_value(system or tmpl.system)}")
     lines += [f"PARAMETER stop {_modelfile_value(s)}" for s in stop]
     for key, value in params.items():
         if key == "stop":

@@ -135,3 +135,55 @@ def test_export_from_checkpoint(f16_checkpoint, exported, tmp_path):
     b = {t.name: t.data.tobytes() for t in gguf.GGUFReader(str(exported / "mmproj-model-f16.gguf")).tensors}
     assert a == b
     assert json.loads((out / "export.json").read_text())["kind"] == "checkpoint"
+
+
+def test_export_force_replaces_an_earlier_export_but_never_its_source(legacy_pair, tmp_path, capsys):
+    """--force replaces what export wrote before (export.json), and an -o onto the bundle itself is refused even with
+    --force (it used to swap the source bundle away and delete it)."""
+    b, out = tmp_path / "b", tmp_path / "x"
+    assert main(["import", str(legacy_pair[0]), "--mmproj", str(legacy_pair[1]), "-o", str(b), "--no-verify",
+                 "--quiet", "--no-fuse-vision"]) == 0
+    before = sorted(p.name for p in b.iterdir())
+    assert main(["export", str(b), "-o", str(out)]) == 0
+    assert main(["export", str(b), "-o", str(out), "--force"]) == 0  # an earlier export: replaced
+    capsys.readouterr()
+    assert main(["export", str(b), "-o", str(b), "--force"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the source" in err[0], err
+    assert sorted(p.name for p in b.iterdir()) == before  # the bundle is untouched
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(["export", str(b), "-o", str(tmp_path / "other"), "--force"]) == 1  # not an export: left alone
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_import_onto_its_own_source_is_refused(legacy_pair, tmp_path, capsys):
+    import shutil
+
+    d = tmp_path / "pair"
+    d.mkdir()
+    llm, mm = shutil.copy(legacy_pair[0], d / "llm.gguf"), shutil.copy(legacy_pair[1], d / "mmproj.gguf")
+    (d / "manifest.json").write_text("{}")  # looks like a bundle, so --force alone would have replaced it
+    capsys.readouterr()
+    assert main(["import", str(llm), "--mmproj", str(mm), "-o", str(d), "--force", "--quiet"]) == 1
+    assert "the source" in capsys.readouterr().err
+    assert Path(llm).is_file() and Path(mm).is_file()
+
+
+def test_modelfile_system_prompt_stands_outside_the_template():
+    from converters.sources import render_modelfile
+
+    for template in ("chatml", "vicuna_v1"):
+        text = render_modelfile("llm.gguf", "mmproj.gguf", template, ["</s>"], {}, system="You are terse.")
+        before, system_line, _ = text.partition("\nSYSTEM You are terse.\n")
+        assert system_line and "SYSTEM" not in before, text
+        # the TEMPLATE value is closed before it: its triple quotes (multi-line) come in pairs
+        assert before.count('"""') % 2 == 0, text
+
+
+def test_quantize_refuses_an_unknown_name(tmp_path):
+    from converters.quantize import quantize
+    from llava_local.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="unknown quantization 'q9_z'"):
+        quantize(tmp_path / "in.gguf", tmp_path / "out.gguf", "q9_z")

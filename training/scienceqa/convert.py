@@ -42,8 +42,8 @@ def to_records(release: Release, split: str, fmt: str, check_images: bool = True
 
 def image_root(base_dir: str | Path, split: str) -> Path:
     """Where a split's `<pid>/image.png` paths start (mini splits draw from train/val/test: see the docs)."""
-    return Path(base_dir).expanduser() / "images" / {"minitrain": "train", "minival": "val", "minitest": "test",
-                                                    "trainval": "train"}.get(split, split)
+    return Path(base_dir).expanduser() / "images" / {"minitrain": "train", "minival": "val",
+                                                    "minitest": "test"}.get(split, split)
 
 
 def write(records: list[dict[str, Any]], path: str | Path) -> Path:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-TRAIN_SPLITS = ("train", "trainval", "minitrain")
+TRAIN_SPLITS = ("train", "minitrain")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("scienceqa", help="the ScienceQA release → LLaVA training/eval JSON (QCM-LEA, CQM-A, ...)")
     q.add_argument("--base-dir", type=Path, required=True,
                    help="the release folder: problems.json, pid_splits.json, images/<split>/<pid>/image.png")
-    q.add_argument("--split", required=True, help="train, val, minival, test, minitest (or trainval, minitrain)")
+    q.add_argument("--split", required=True, help="train, val, minival, test, minitest (or minitrain)")
     q.add_argument("--prompt-format", default=None, metavar="FMT",
                    help=f"INPUT-OUTPUT, e.g. QCM-LEA, QCM-LEPA, CQM-A (default: {TRAIN_FORMAT} for training "
                         f"splits, {EVAL_FORMAT} otherwise)")
@@ -44,6 +44,12 @@ def _scienceqa(args: argparse.Namespace) -> int:
     from .prompts import EVAL_FORMAT, TRAIN_FORMAT, parse_format
     from .release import load_release
 
+    if args.split == "trainval":
+        from .release import ScienceQAError
+
+        # one JSON holds one image root, and train's and val's images live under images/train and images/val
+        raise ScienceQAError("--split trainval: convert train and val separately (their images live in different "
+                             "folders) and list both files in the training config")
     fmt = args.prompt_format or (TRAIN_FORMAT if args.split in TRAIN_SPLITS else EVAL_FORMAT)
     parse_format(fmt)
     release = load_release(args.base_dir)
