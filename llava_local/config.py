@@ -53,6 +53,9 @@ class GenerationConfig:
             raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise UsageError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        for name in ("top_k", "repeat_last_n", "max_tokens"):  # llama.cpp takes them as int32
+            if not 0 <= getattr(self, name) < 2**31:
+                raise UsageError(f"{name} must be between 0 and {2**31 - 1}, got {getattr(self, name)}")
         if self.repeat_penalty <= 0:
             raise UsageError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
         for name in ("frequency_penalty", "presence_penalty"):

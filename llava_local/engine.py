@@ -329,8 +329,10 @@ class Sampler:
         self._chain = ll.llama_sampler_chain_init(params)
         add = lambda s: ll.llama_sampler_chain_add(self._chain, s)  # noqa: E731 - the chain owns each sampler
         if gen.repeat_penalty != 1.0 or gen.frequency_penalty or gen.presence_penalty:
-            add(ll.llama_sampler_init_penalties(engine.n_vocab, gen.repeat_last_n, gen.repeat_penalty,
-                                                gen.frequency_penalty, gen.presence_penalty))
+            # llama.cpp allocates a ring of `last_n` tokens: more than the context can hold is never needed
+            last_n = min(gen.repeat_last_n, engine.n_ctx)
+            add(ll.llama_sampler_init_penalties(engine.n_vocab, last_n, gen.repeat_penalty, gen.frequency_penalty,
+                                                gen.presence_penalty))
         if gen.temperature == 0:
             add(ll.llama_sampler_init_greedy())
         else:

@@ -143,6 +143,9 @@ class Manifest:
         return manifest
 
     def _check(self, where: str) -> None:
+        if not self.name.strip() or not self.name.isprintable() or len(self.name) > 200:
+            # the name reaches terminals (info, the server's start-up line, the chat app's status bar)
+            raise BundleError(f"{where}: the model name must be one printable line of 1 to 200 characters")
         if self.template not in TEMPLATES:
             raise BundleError(f"{where}: unknown chat template {self.template!r}; known: {sorted(TEMPLATES)}")
         for kind, spec, allowed in (("vision", self.vision, VISION_DTYPES), ("llm", self.llm, tuple(LLM_FTYPES))):

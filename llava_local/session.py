@@ -45,8 +45,11 @@ def check_image_file(source: ImageSource) -> Path | None:
     if isinstance(source, bytes):
         return None
     path = Path(source).expanduser()
-    if not path.is_file():
-        raise ImageError(f"image not found: {source}" if not path.exists() else f"not a file: {source}")
+    try:
+        if not path.is_file():
+            raise ImageError(f"image not found: {source}" if not path.exists() else f"not a file: {source}")
+    except OSError as e:  # a name too long for the filesystem, a symlink loop
+        raise ImageError(f"cannot read image {str(source)[:200]}: {e.strerror}") from None
     return path
 
 

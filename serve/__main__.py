@@ -1,11 +1,10 @@
-"""`python -m serve ...`: the same as `llava-local serve ...`."""
+"""`python -m serve ...`: the same as `llava-local serve ...` (the same exit codes and stream handling)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from llava_local.errors import LlavaLocalError
+from llava_local.exits import run_main
 
 from . import cli
 
@@ -13,14 +12,7 @@ from . import cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llava-local serve", description=cli.HELP)
     cli.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return cli.run(args)
-    except LlavaLocalError as e:
-        print(f"llava-local: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
+    return run_main(lambda: cli.run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any
 
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -124,7 +125,10 @@ def create_app(worker: Worker, settings: Settings) -> Starlette:
         cid = new_id()
         if not req.stream:
             return JSONResponse(completion(cid, name, item.text, FINISH[item.stop_reason], _usage(item, reused)))
-        return EventSourceResponse(_stream(job, cid, reused, req.include_usage), sep="\n", ping=15)
+        # the background task runs however the response ends, even if it is cancelled before the generator's first
+        # step (whose `finally` then never runs): a client that left never keeps the worker generating
+        return EventSourceResponse(_stream(job, cid, reused, req.include_usage), sep="\n", ping=15,
+                                   background=BackgroundTask(job.cancel.set))
 
     def _usage(fin: Finished, reused: int) -> dict[str, Any]:
         return usage(fin.n_prompt_tokens, fin.n_generated, reused)

@@ -75,13 +75,16 @@ class ImageSources:
             name = url
         if "\0" in name:
             raise ApiError(400, "the image path holds a NUL character", param=param, code="invalid_image_url")
-        path = Path(name).expanduser()
-        path = (self.root / path).resolve()  # an absolute `path` replaces root; every symlink is followed
-        if not path.is_relative_to(self.root):
-            raise ApiError(403, "the image path is outside the directory this server may read (--allow-files)",
-                           type="permission_error", param=param, code="path_not_allowed")
-        if not path.is_file():
-            raise ApiError(400, f"image not found: {name}", param=param, code="invalid_image")
+        try:
+            path = (self.root / Path(name).expanduser()).resolve()  # an absolute path replaces root; symlinks followed
+            if not path.is_relative_to(self.root):
+                raise ApiError(403, "the image path is outside the directory this server may read (--allow-files)",
+                               type="permission_error", param=param, code="path_not_allowed")
+            if not path.is_file():
+                raise ApiError(400, f"image not found: {name[:200]}", param=param, code="invalid_image")
+        except (OSError, RuntimeError) as e:  # a name too long, a symlink loop
+            raise ApiError(400, f"cannot read the image path: {getattr(e, 'strerror', None) or e}", param=param,
+                           code="invalid_image") from None
         try:
             with open(path, "rb") as f:  # read at most one byte past the limit
                 size = os.fstat(f.fileno()).st_size

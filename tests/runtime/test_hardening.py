@@ -245,3 +245,23 @@ def test_manifest_promising_more_context_than_the_gguf_is_refused_before_allocat
     code = main(["chat", "--model", str(bundle), "--prompt", "q"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "was trained for; use at most 512" in err, err
+
+
+def test_review_edge_cases_are_one_line(tmp_path):
+    """An image name too long for the filesystem is an ImageError, not an OSError traceback; a penalties window past
+    int32 is a usage error (llama.cpp allocates a ring of that many tokens); a model name with escapes is refused."""
+    import json as _json
+
+    from llava_local.config import GenerationConfig
+    from llava_local.errors import BundleError, ImageError, UsageError
+    from llava_local.manifest import Manifest
+    from llava_local.session import check_image_file
+
+    with pytest.raises(ImageError, match="cannot read image"):
+        check_image_file("x" * 5000)
+    with pytest.raises(UsageError, match="repeat_last_n must be between"):
+        GenerationConfig(repeat_last_n=2**31)
+    d = _json.loads((REPO / "models" / "llava-local-tiny" / "manifest.json").read_text())
+    d["name"] = "evil\x1b]0;owned\x07"
+    with pytest.raises(BundleError, match="model name must be one printable line"):
+        Manifest.from_dict(d)

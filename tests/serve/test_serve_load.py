@@ -92,8 +92,9 @@ def test_sigterm_stops_cleanly_with_a_stream_in_flight(tmp_path, long_bundle):
         server.proc.send_signal(signal.SIGTERM)
         tail = [line for line in lines if line.startswith("data: ")]  # the stream ends, not hangs
         client.close()
-        # uvicorn shuts down gracefully, then re-raises the signal so that a supervisor sees how the process ended
-        assert server.proc.wait(30) == -signal.SIGTERM
+        # uvicorn shuts down gracefully, then re-raises the signal; the CLI's edge turns it into exit 143, as every
+        # llava-local command ends on SIGTERM
+        assert server.proc.wait(30) == 128 + signal.SIGTERM
         assert all(line == "data: [DONE]" or json.loads(line[6:]) for line in tail)
         log = server.log_text()
         assert "Traceback" not in log and "Application shutdown complete" in log and "Finished server process" in log

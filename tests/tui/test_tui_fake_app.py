@@ -316,3 +316,18 @@ async def test_no_suggestions_block_without_suggested_prompts(fake, store):
         await wait_until(pilot, lambda: app.session is not None, what="model open")
         await pilot.pause()
         assert not app.query(Suggestions)
+
+
+async def test_a_session_title_with_markup_characters_lists_fine(fake, store):
+    """Titles are the user's own words: "[/]" in one used to be read as Rich markup and crash the sessions screen."""
+    from tui.screens.sessions import SessionsScreen
+
+    store.create_session("what is [/] this [bold]", "tiny-demo", {}, None)
+    app = make_app(fake, store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.session is not None, what="model open")
+        await app.push_screen(SessionsScreen(store, current=None))
+        await pilot.pause()
+        assert isinstance(app.screen, SessionsScreen) and app.is_running
+        table = app.screen.query_one("DataTable")
+        assert "what is [/] this [bold]" in str(table.get_row_at(0)[1])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -65,7 +66,8 @@ class SessionsScreen(ModalScreen[int | None]):
         for s in saved:
             mark = "●" if s.id == self.current else ""
             model = Path(s.model).name or s.model  # a bundle path shows as its folder name
-            table.add_row(mark, s.title, model, str(s.n_messages), _age(s.updated, now), key=str(s.id))
+            # Text, not str: a title is the user's own words, and "[/]" in a str cell is Rich markup (a crash)
+            table.add_row(mark, Text(s.title), Text(model), str(s.n_messages), _age(s.updated, now), key=str(s.id))
 
     def _selected(self) -> int | None:
         table = self.query_one(DataTable)
