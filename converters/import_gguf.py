@@ -151,7 +151,8 @@ def read_llm_info(path: Path) -> LLMInfo:
 
 
 def detect_template(text: str | None) -> str | None:
-    """A registry template name for a Jinja chat template or an Ollama TEMPLATE; None when nothing fits."""
+    """A registry template name for a GGUF's Jinja chat template (`tokenizer.chat_template`); None when nothing
+    fits. (An Ollama TEMPLATE is Go text: `sources.template_for_ollama` reads those.)"""
     if not text:
         return None
     from .llm_gguf import jinja_template
@@ -170,10 +171,11 @@ def detect_template(text: str | None) -> str | None:
 
 def _choose(opts: ImportOptions, src: Source, info: LLMInfo, mm_mode: str | None) -> tuple[str, str, list[str]]:
     """(template, preprocess mode, what was assumed) in order: flag, our own keys, metadata, LLaVA-1.5 default."""
+    from .sources import template_for_ollama
+
+    # Ollama's TEMPLATE is Go text: sources knows its markers (and SYSTEM tells vicuna_v1 from llava_v1)
     template = (opts.template or (info.our_template if info.our_template in TEMPLATES else None)
-                or detect_template(src.template) or detect_template(info.chat_template))
-    if template == "vicuna_v1" and not opts.template and src.system == TEMPLATES["llava_v1"].system:
-        template = "llava_v1"  # one layout; Ollama's SYSTEM tells the two apart
+                or template_for_ollama(src.template, src.system) or detect_template(info.chat_template))
     mode = opts.preprocess or (mm_mode if mm_mode in ("pad", "crop") else None)
     assumed = []
     if template is None:
@@ -324,10 +326,10 @@ def self_check(mm: Any, work: Path, vision_files: dict[str, str], pixels: np.nda
     with open_model(str(work), RuntimeConfig(device="cpu", embedding_cache=False)) as model:
         eng = model.engine
         ids = [eng.tokenize(c, i == 0) for i, c in enumerate(chunks)]
-        bos = eng.tokenize("", True)[0] if eng.tokenize("", True) else -1
+        with_bos = eng.tokenize("", True)  # empty when the GGUF says add_bos_token false: then no BOS is expected
         stops = {s: eng.tokenize(s, False) for s in t.stop_strings if s.strip()}
-        report["prompt"] = {"chunks": chunks, "ids": ids, "bos_first": bool(ids[0]) and ids[0][0] == bos,
-                            "stop_ids": stops}
+        report["prompt"] = {"chunks": chunks, "ids": ids, "stop_ids": stops,
+                            "bos_first": not with_bos or (bool(ids[0]) and ids[0][0] == with_bos[0])}
         if not report["prompt"]["bos_first"]:
             report["failures"].append("the prompt does not start with BOS")
         from PIL import Image

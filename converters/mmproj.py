@@ -183,6 +183,9 @@ def read_mmproj(path: str | Path) -> Mmproj:
     last = weights["mm2.weight" if projector == "mlp2x_gelu" else "mm.weight"]
     mean = field_value(reader, "clip.vision.image_mean", list(CLIP_MEAN))
     std = field_value(reader, "clip.vision.image_std", list(CLIP_STD))
+    for name, values in (("image_mean", mean), ("image_std", std)):  # _snap indexes three of them
+        if not isinstance(values, list) or len(values) != 3:
+            raise ConversionError(f"{p}: clip.vision.{name} must hold 3 numbers, not {values!r}")
     spec = MmprojSpec(
         image_size=int(_required(reader, "clip.vision.image_size", p)),
         patch_size=int(_required(reader, "clip.vision.patch_size", p)),
@@ -195,8 +198,21 @@ def read_mmproj(path: str | Path) -> Mmproj:
         preprocess_mode=field_value(reader, "llava_local.preprocess"),
         resample=field_value(reader, "llava_local.resample"), tensor_types=types,
     )
+    _check_header(spec, p)
     _check_shapes(spec, weights, p)
     return Mmproj(spec=spec, weights=weights, path=p)
+
+
+def _check_header(s: MmprojSpec, path: Path) -> None:
+    """The header numbers every later step divides by or indexes with: one line when a file's are impossible."""
+    sizes = {"image_size": s.image_size, "patch_size": s.patch_size, "embedding_length": s.width,
+             "head_count": s.heads}
+    bad = [f"{k} {v}" for k, v in sizes.items() if v <= 0]
+    if bad or not (np.isfinite(s.eps) and s.eps > 0):
+        raise ConversionError(f"{path}: impossible header ({', '.join(bad) or f'layer_norm_epsilon {s.eps}'})")
+    if s.width % s.heads or s.image_size % s.patch_size:
+        raise ConversionError(f"{path}: width {s.width} / heads {s.heads} or image {s.image_size} / patch "
+                              f"{s.patch_size} do not divide")
 
 
 def _snap(values: list[float], known: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -280,9 +296,6 @@ def _check_shapes(s: MmprojSpec, w: dict[str, np.ndarray], path: Path) -> None:
             raise ConversionError(f"{path}: tensor for {name} is missing (incomplete mmproj)")
         if tuple(w[name].shape) != shape:
             raise ConversionError(f"{path}: {name} has shape {tuple(w[name].shape)}, expected {shape} from the header")
-    if s.width % s.heads or s.image_size % s.patch_size:
-        raise ConversionError(f"{path}: width {d} / heads {s.heads} or image {s.image_size} / patch {s.patch_size} "
-                              "do not divide")
 
 
 # -- writer (Checkpoint → mmproj) ---------------------------------------------------------------------------------

@@ -160,11 +160,15 @@ def _remember(path: Path, identity: list[int], sha: str) -> None:
     try:
         rec.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=rec.parent, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"path": str(path), "identity": identity, "sha256": sha}, f)
-        os.replace(tmp, rec)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"path": str(path), "identity": identity, "sha256": sha}, f)
+            os.replace(tmp, rec)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)  # a full disk must not leave .tmp files behind for ever
+            raise
     except OSError:
-        pass  # a read-only cache dir only means hashing again next time
+        pass  # a read-only or full cache dir only means hashing again next time
 
 
 def verified_sha256(path: str | Path, expected: str) -> str:

@@ -101,7 +101,8 @@ def create_app(worker: Worker, settings: Settings) -> Starlette:
 
     async def chat(request: Request) -> Response:
         raw = await _read_body(request, settings.max_body)
-        req = parse_request(raw, settings.limits, settings.images)
+        # JSON of up to --max-body-mb, base64 images and file reads: off the event loop, which serves every stream
+        req = await asyncio.to_thread(parse_request, raw, settings.limits, settings.images)
         job = Job(req, asyncio.get_running_loop())
         worker.submit(job)
         reused = 0  # prompt positions the KV cache already held (usage.prompt_tokens_details.cached_tokens)

@@ -72,3 +72,22 @@ def test_import_from_lm_studio_folder(legacy_pair, f16_bundle, tmp_path, tiny_im
     m = load_manifest(out)
     assert m.provenance["origin"] == "lmstudio" and m.provenance["mmproj"].endswith("mmproj-tiny-llava-f16.gguf")
     assert np.abs(embeddings(out, tiny_image) - embeddings(f16_bundle, tiny_image)).max() <= 1e-3
+
+
+def test_ollama_template_of_another_layout_is_read_as_go(legacy_pair, tmp_path, monkeypatch, capsys):
+    """The Go TEMPLATE of Ollama's store names the layout (here plain): read as Go text, never "assumed"."""
+    from converters.sources import GO_TEMPLATES
+
+    store = tmp_path / "ollama"
+    layers = {"model": legacy_pair[0].read_bytes(), "projector": legacy_pair[1].read_bytes(),
+              "template": GO_TEMPLATES["plain"].encode()}
+    manifest = {"schemaVersion": 2, "layers": [{"mediaType": MEDIA + k, **_blob(store, v)} for k, v in layers.items()]}
+    path = store / "manifests" / "registry.ollama.ai" / "library" / "p" / "latest"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(manifest))
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    out = tmp_path / "b"
+    assert main(["import", "ollama:p", "-o", str(out), "--quiet", "--no-fuse-vision", "--no-verify",
+                 "--preprocess", "pad"]) == 0
+    assert load_manifest(out).template == "plain"  # was vicuna_v1 + "nothing in the files says the template"
+    assert "import:" not in capsys.readouterr().err
