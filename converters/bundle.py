@@ -18,6 +18,7 @@ base GGUF that quantization starts from is kept only if it was requested.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -26,7 +27,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,21 @@ def _publish(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staged(target: Path, note: Callable[[str], None] = lambda msg: None) -> Iterator[Path]:
+    """The work dir a command builds its output in: stale ones of dead runs are cleaned first (`_clean_stale`), a
+    fresh `.NAME.partial-XXXX` with an owner record is yielded, published at `target` when the block ends normally
+    (`_publish`), removed on any exception (SIGTERM, Ctrl-C, a failed check): never a half-written output."""
+    _clean_stale(target, note)
+    tmp = _workdir(target)
+    try:
+        yield tmp
+        _publish(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def convert(opts: ConvertOptions, *, show_progress: bool = True, step_hook: Callable[[str], None] | None = None,
             ) -> ConvertResult:
     """Convert `opts.src` into a bundle at `opts.out`. Raises ConversionError on failure (nothing published).
@@ -254,9 +270,7 @@ def convert(opts: ConvertOptions, *, show_progress: bool = True, step_hook: Call
     quants = list(dict.fromkeys(opts.quants))
     progress = Progress(4 + len(extra_vision) + len([q for q in quants if q != base]) + int(opts.verify)
                         + int(opts.fuse_vision), enabled=show_progress)
-    _clean_stale(target, progress.note)
-    tmp = _workdir(target)
-    try:
+    with staged(target, progress.note) as tmp:
         hook("load")
         with progress.step(f"load checkpoint {opts.src}"):
             ckpt = layouts.load_checkpoint(opts.src, vision_tower=opts.vision_tower, template=opts.template)
@@ -307,10 +321,6 @@ def convert(opts: ConvertOptions, *, show_progress: bool = True, step_hook: Call
         with progress.step("manifest.json (sha256 of every file)"):
             manifest = _manifest(opts, ckpt, target, tmp, vision_files, llm_files, report, entries, build_info)
             write_manifest(tmp, manifest)
-        _publish(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ConvertResult(bundle=target, manifest=manifest, failures=failures)
 
 

@@ -18,7 +18,6 @@ bundle's own `vision.onnx` on generated images: the report's `vision_vs_bundle` 
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 
 from llava_local.errors import ConversionError
 
-from .bundle import _clean_stale, _prepare_target, _publish, _workdir
+from .bundle import _prepare_target, staged
 from .import_gguf import _link_or_copy
 from .sources import _clean_name
 from .verify import sample_pixels
@@ -62,18 +61,12 @@ def export(opts: ExportOptions) -> ExportResult:
     if not src.exists():
         raise ConversionError(f"not found: {src} (give a bundle directory or a checkpoint directory)")
     target = _prepare_target(opts.out, opts.force, (src,), marker="export.json")
-    _clean_stale(target)
-    tmp = _workdir(target)
-    try:
+    with staged(target) as tmp:
         if (src / "manifest.json").is_file():
             report, files = _from_bundle(src, tmp, opts)
         else:
             report, files = _from_checkpoint(src, tmp, opts)
         (tmp / "export.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        _publish(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(out=target, files=[*files, "Modelfile", "export.json"], report=report)
 
 

@@ -42,12 +42,10 @@ from llava_local.templates import TEMPLATES, Turn, get_template, text_chunks
 from .bundle import (
     VISION_FILES,
     Progress,
-    _clean_stale,
     _prepare_target,
-    _publish,
     _Step,
-    _workdir,
     llm_file,
+    staged,
     vision_variants,
 )
 from .mmproj import field_value, open_gguf, read_mmproj
@@ -227,9 +225,7 @@ def import_pair(opts: ImportOptions, *, show_progress: bool = True,
     quant = opts.quant or info.file_type
     extra_vision = [d for d in dict.fromkeys(opts.vision_dtypes) if d != "fp32"]
     progress = ImportProgress(3 + len(extra_vision) + int(opts.fuse_vision) + int(opts.verify), enabled=show_progress)
-    _clean_stale(target, progress.note)
-    tmp = _workdir(target)
-    try:
+    with staged(target, progress.note) as tmp:
         pixels = sample_pixels(preprocess)
         hook("vision")
         with progress.step(f"vision.onnx from {src.mmproj.name} ({spec.blocks} blocks, {spec.projector})"):
@@ -288,10 +284,6 @@ def import_pair(opts: ImportOptions, *, show_progress: bool = True,
         with progress.step("manifest.json (sha256 of every file)"):
             final = manifest(report)
             write_manifest(tmp, final)
-        _publish(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ImportResult(bundle=target, manifest=final, notes=notes)
 
 

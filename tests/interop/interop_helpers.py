@@ -7,7 +7,8 @@ from typing import Any
 
 
 def rewrite_gguf(src: Path, dst: Path, drop: tuple[str, ...] = (), set_: dict[str, Any] | None = None) -> Path:
-    """Copy `src` to `dst` without the keys starting with any of `drop`, with `set_` string keys overridden."""
+    """Copy `src` to `dst` without the keys starting with any of `drop`, with `set_` keys overridden (a str, an int
+    written as uint32, or a list written as an array)."""
     import gguf
 
     r = gguf.GGUFReader(str(src))
@@ -18,13 +19,13 @@ def rewrite_gguf(src: Path, dst: Path, drop: tuple[str, ...] = (), set_: dict[st
         if name.startswith("GGUF.") or name == "general.architecture" or name.startswith(drop):
             continue
         if name in set_:
-            w.add_string(name, set_.pop(name))
+            _add(w, name, set_.pop(name))
             continue
         vtype = f.types[0]
         sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
         w.add_key_value(name, f.contents(), vtype, sub_type=sub)
     for name, value in set_.items():
-        w.add_string(name, value)
+        _add(w, name, value)
     for t in r.tensors:
         w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
     w.write_header_to_file()
@@ -32,3 +33,12 @@ def rewrite_gguf(src: Path, dst: Path, drop: tuple[str, ...] = (), set_: dict[st
     w.write_tensors_to_file()
     w.close()
     return dst
+
+
+def _add(writer: Any, name: str, value: Any) -> None:
+    if isinstance(value, str):
+        writer.add_string(name, value)
+    elif isinstance(value, list):
+        writer.add_array(name, value)
+    else:
+        writer.add_uint32(name, int(value))

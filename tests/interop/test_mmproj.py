@@ -183,41 +183,16 @@ def test_linear_projector_layout_reads_and_runs(f16_checkpoint, tmp_path):
     assert np.abs(out - reference_forward(mm, pixels)).max() <= 1e-4
 
 
-def _with_fields(src: Path, dst: Path, values: dict) -> Path:
-    """A copy of the GGUF `src` whose fields named in `values` hold other numbers (uint32 or a float32 array)."""
-    import gguf
-
-    r = gguf.GGUFReader(str(src))
-    w = gguf.GGUFWriter(str(dst), arch=r.fields["general.architecture"].contents(), use_temp_file=False)
-    for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        if name in values:
-            v = values[name]
-            if isinstance(v, list):
-                w.add_array(name, v)
-            else:
-                w.add_uint32(name, v)
-            continue
-        vtype = f.types[0]
-        w.add_key_value(name, f.contents(), vtype, sub_type=f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
-    for t in r.tensors:
-        w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return dst
-
-
 @pytest.mark.parametrize("values,match", [
     ({"clip.vision.attention.head_count": 0}, "impossible header"),
     ({"clip.vision.patch_size": 0}, "impossible header"),
     ({"clip.vision.image_mean": [0.5, 0.5]}, "image_mean must hold 3 numbers"),
 ])
 def test_impossible_header_numbers_are_one_line(legacy_pair, tmp_path, values, match):
+    from interop_helpers import rewrite_gguf
+
     from llava_local.errors import ConversionError
 
-    bad = _with_fields(legacy_pair[1], tmp_path / "bad-mmproj.gguf", values)
+    bad = rewrite_gguf(legacy_pair[1], tmp_path / "bad-mmproj.gguf", set_=values)
     with pytest.raises(ConversionError, match=match):  # was ZeroDivisionError / IndexError
         read_mmproj(bad)
