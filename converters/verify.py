@@ -383,7 +383,8 @@ def failures(report: dict[str, Any], gates: Gates = Gates()) -> list[str]:
         if dtype == "fp32":
             limit = gates.vision_fp32_max_abs * max(1.0, r["ref_max_abs"])
             if r["max_abs"] > limit or r["cosine"] < gates.vision_fp32_cosine:
-                out.append(f"vision fp32 differs from torch (max|Δ| {r['max_abs']:.2e}, cosine {r['cosine']:.6f})")
+                out.append(f"vision fp32 differs from the reference (max|Δ| {r['max_abs']:.2e}, "
+                           f"cosine {r['cosine']:.6f})")
         elif dtype == "fp16" and r["cosine"] < gates.vision_fp16_cosine:
             out.append(f"vision fp16 cosine {r['cosine']:.5f} < {gates.vision_fp16_cosine}")
     for quant, r in report.get("llm", {}).items():

@@ -168,9 +168,13 @@ class Model:
             return emb, True, time.perf_counter() - t0
         if pixels is None:
             raise EngineError(f"image {image_id[:12]} is not in the embedding cache and its file is not available")
+        return self.encode(image_id, pixels), False, time.perf_counter() - t0
+
+    def encode(self, image_id: str, pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Run the encoder on an image the caller already looked up and missed; cache the embedding [N, D]."""
         emb = self.vision.encode(pixels)[0]
         self.cache.put(image_id, emb)
-        return emb, False, time.perf_counter() - t0
+        return emb
 
     def claim(self, owner: object) -> None:
         """Make `owner` the session whose conversation the KV cache holds (clears it if it was someone else's)."""

@@ -243,9 +243,10 @@ class ChatSession:
         t0 = time.perf_counter()
         embs: dict[str, npt.NDArray[np.float32]] = {}
         for image_id, emb in known.items():
-            if emb is None:
-                emb, cached, secs = self.model.embed(image_id, pending[image_id])
-                yield ImageEncoded(image_id, cached=cached, seconds=secs)
+            if emb is None:  # `answer` already looked it up in the cache and missed: encode it
+                t_enc = time.perf_counter()
+                emb = self.model.encode(image_id, pending[image_id])
+                yield ImageEncoded(image_id, cached=False, seconds=time.perf_counter() - t_enc)
             elif image_id not in self._embs:
                 yield ImageEncoded(image_id, cached=True, seconds=0.0)
             embs[image_id] = emb
