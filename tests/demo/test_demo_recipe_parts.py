@@ -487,7 +487,7 @@ def test_counting_records_list_every_matching_place_and_count_them(tmp_path):
 def test_perfect_tower_features_say_exactly_what_is_in_each_cell():
     from training.datagen.world import COLOURS, SHAPES, SIZES
     from training.demo.corpus import make_scenes
-    from training.demo.perfect_tower import N_FEATURES, cell_features
+    from training.demo.probes.perfect_tower import N_FEATURES, cell_features
 
     nc, ns, nz = len(COLOURS), len(SHAPES), len(SIZES)
     for scene in make_scenes(0, 20):
@@ -508,7 +508,7 @@ def test_perfect_tower_features_say_exactly_what_is_in_each_cell():
 
 def test_perfect_tower_harness_trains_and_asks_the_eval_questions(toy, tmp_path):
     from training.demo.lm_pretrain import LMConfig, pretrain_lm
-    from training.demo.perfect_tower import PerfectTowerConfig, run
+    from training.demo.probes.perfect_tower import PerfectTowerConfig, run
 
     root, _, texts, tok_dir = toy
     pretrain_lm(texts, tok_dir, tmp_path / "lm", LMConfig(hidden_size=64, intermediate_size=128, num_layers=2,
@@ -526,7 +526,7 @@ def test_lookup_probe_asks_one_position_question_in_each_form_and_trains(toy, tm
     from training.datagen import teacher
     from training.datagen.world import CELL_OF_REGION, make_scene, referable
     from training.demo.lm_pretrain import LMConfig, pretrain_lm
-    from training.demo.lookup_probe import BAG_LEVEL, ProbeConfig, encode_example, encode_listing, probe
+    from training.demo.probes.lookup_probe import BAG_LEVEL, ProbeConfig, encode_example, encode_listing, probe
 
     _, _, texts, tok_dir = toy
     pretrain_lm(texts, tok_dir, tmp_path / "lm", LMConfig(hidden_size=64, intermediate_size=128, num_layers=2,
@@ -574,7 +574,7 @@ def _tiny_tower(path, patch_size):
 def test_lookup_probe_reads_a_real_towers_tokens(toy, tmp_path):
     from training.datagen.world import make_scene
     from training.demo.lm_pretrain import LMConfig, pretrain_lm
-    from training.demo.lookup_probe import ProbeConfig, TowerFeatures, main, probe
+    from training.demo.probes.lookup_probe import ProbeConfig, TowerFeatures, main, probe
 
     _, _, texts, tok_dir = toy
     pretrain_lm(texts, tok_dir, tmp_path / "lm", LMConfig(hidden_size=64, intermediate_size=128, num_layers=2,
@@ -631,8 +631,8 @@ def test_command_line_overrides_reach_their_stage(stage, tmp_path, capsys):
 
 def test_tower_probe_reads_what_the_tokens_hold_and_nothing_else(toy, tmp_path):
     from training.datagen.world import make_scene
-    from training.demo.perfect_tower import _SHAPE0, _SIZE0, cell_features
-    from training.demo.tower_probe import cell_tokens, main, probe, probe_tokens
+    from training.demo.probes.perfect_tower import _SHAPE0, _SIZE0, cell_features
+    from training.demo.probes.tower_probe import cell_tokens, main, probe, probe_tokens
 
     # Perfect features name colour and shape: the probe must read both back on held-out scenes.
     train, test = cell_tokens(cell_features, 0, 200), cell_tokens(cell_features, 1000, 60)

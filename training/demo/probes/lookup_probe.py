@@ -1,6 +1,6 @@
 """Diagnostic: can the LLaMA learn to find the object a question names? One question type, perfect vision, minutes.
 
-`python -m training.demo.lookup_probe --form chat --init base --lr 5e-4` (after the recipe's lm stage).
+`python -m training.demo.probes.lookup_probe --form chat --init base --lr 5e-4` (after the recipe's lm stage).
 
 Contract:
 - Each example is one scene of the training world (`make_scene(world_seed, i)`, i < `scenes`), its 9 perfect-tower
@@ -46,7 +46,7 @@ from training.datagen.render import render
 from training.datagen.world import CELL_OF_REGION, Scene, make_scene
 from training.model import tokens_per_image, vision_tokens
 
-from .corpus import listing, prompt_of
+from ..corpus import listing, prompt_of
 from .perfect_tower import N_FEATURES, PerfectLlava, cell_features
 
 FORMS = ("ref", "question", "chat", "list")
@@ -243,7 +243,7 @@ def probe(lm_dir: str | Path, cfg: ProbeConfig, log=print) -> list[tuple[int, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.demo.lookup_probe", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m training.demo.probes.lookup_probe", description=__doc__.splitlines()[0])
     p.add_argument("--lm", default="build/demo/base-llm", help="the recipe's base LLaMA (its config, for scratch)")
     p.add_argument("--form", choices=FORMS, default=ProbeConfig.form)
     p.add_argument("--init", choices=("base", "scratch"), default=ProbeConfig.init)

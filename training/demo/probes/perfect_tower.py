@@ -1,6 +1,6 @@
 """Diagnostic: LLaVA stage 2 on the demo data with a *perfect* vision tower, to see what the language model can do.
 
-`python -m training.demo.perfect_tower --work build/demo` (after the recipe's data and lm stages).
+`python -m training.demo.probes.perfect_tower --work build/demo` (after the recipe's data and lm stages).
 
 Contract:
 - `cell_features(scene)` → (9, 22) float tensor, one row per grid cell in the tower's raster order: one-hot
@@ -33,7 +33,7 @@ from torch import nn
 
 from training.datagen.world import COLOURS, SHAPES, SIZES, Scene, make_scene
 
-from .evaluate import EvalResult, eval_set
+from ..evaluate import EvalResult, eval_set
 
 # one-hot layout of a cell's feature row: colour | shape | size | empty | cell index
 _SHAPE0 = len(COLOURS)
@@ -184,7 +184,8 @@ def run(lm_dir: str | Path, stage2_json: str | Path, cfg: PerfectTowerConfig) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.demo.perfect_tower", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m training.demo.probes.perfect_tower",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--work", default="build/demo", help="the recipe's work dir (base-llm/ and data/stage2.json)")
     p.add_argument("--steps", type=int, default=PerfectTowerConfig.steps)
     p.add_argument("--lr", type=float, default=PerfectTowerConfig.lr)

@@ -1,6 +1,6 @@
 """Diagnostic: what a vision tower's tokens say about the object in their cell, by a linear probe. Seconds.
 
-`python -m training.demo.tower_probe build/demo/base-clip` (after the recipe's clip stage).
+`python -m training.demo.probes.tower_probe build/demo/base-clip` (after the recipe's clip stage).
 
 Contract:
 - `cell_tokens(features, seed, n)` → `CellTokens`: for every object of scenes `make_scene(seed, 0..n-1)`, the
@@ -100,7 +100,7 @@ def probe_tokens(train: CellTokens, test: CellTokens) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.demo.tower_probe", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m training.demo.probes.tower_probe", description=__doc__.splitlines()[0])
     p.add_argument("tower", help="a CLIPVisionModel directory (the recipe's build/demo/base-clip)")
     p.add_argument("--train-n", type=int, default=4000, help="training scenes (world 0)")
     p.add_argument("--test-n", type=int, default=600, help="held-out scenes (world 1000)")
