@@ -185,8 +185,8 @@ def test_clip_pretrain_writes_a_loadable_vision_tower(toy, tmp_path):
 
 def test_clip_pretrain_is_bit_reproducible(toy, tmp_path):
     # Its region terms gather rows by index; without deterministic algorithms the CPU backward of those gathers
-    # sums in thread order and two runs drift apart (docs/demo-model.md, twelfth round). 30 steps at this size are
-    # enough for that drift to show when the setting is off (checked).
+    # sums in thread order and two runs drift apart (docs/demo-model-history.md, twelfth round). 30 steps at this
+    # size are enough for that drift to show when the setting is off (checked).
     from safetensors.torch import load_file
 
     from training.demo.clip_pretrain import ClipConfig, pretrain_clip

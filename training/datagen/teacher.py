@@ -84,7 +84,7 @@ def _ref_without(scene: Scene, obj: Obj, drop: str) -> str | None:
 # - "reading": each kind where its first object comes in reading order (captions, the base LLaMA's text, stage 1);
 # - "kind": by colour (`COLOURS` order), then shape (`SHAPES` order), whatever their places. A description in reading
 #   order makes the model keep track of which cells it has named, which it does badly; in this order each step asks
-#   which colours are there, which it does well (recipe 10's stage 2; docs/demo-model.md, twelfth round).
+#   which colours are there, which it does well (recipe 10's stage 2; docs/demo-model-history.md, twelfth round).
 KIND_ORDERS = ("reading", "kind")
 _KIND_RANK = {(c, s): (i, j) for i, c in enumerate(COLOURS) for j, s in enumerate(SHAPES)}
 _kind_order: ContextVar[str] = ContextVar("kind_order", default="reading")

@@ -134,7 +134,7 @@ def relative_turn(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
     The relation curriculum's question. A yes/no relation ("Is the red circle to the left of the blue square?")
     depends on the relation word and on both cells together, and no one of them predicts the answer alone, so its
     loss gives the LLaMA nothing to start from (fine-tuned on them, its loss stays flat at 0.345, exactly
-    chance: docs/demo-model.md, eleventh round). Here the
+    chance: docs/demo-model-history.md, eleventh round). Here the
     first named object's cell alone predicts most of the answer, so the two lookups and the comparison can form a
     piece at a time; the yes/no questions mixed in with them then follow."""
     named = referable(scene)
@@ -151,7 +151,7 @@ def counting_turn(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str
     """A count ("tally", the teacher's phrasing) or where all the shapes of one kind are ("locate": "Where are the
     circles?" → "top left and center", "nowhere"), for a kind of shape that occurs at least twice when the scene has
     one, half the time. The teacher's own count questions are about one shape or none nine times in ten, and
-    recipe 7's model, trained on them, answered every count with 0 or 1 (docs/demo-model.md, eleventh round);
+    recipe 7's model, trained on them, answered every count with 0 or 1 (docs/demo-model-history.md, eleventh round);
     a list of places is a count that can be learned one place at a time."""
     kinds = teacher.count_kinds(scene)
     several = [k for k in kinds if len(scene.matching(**k)) >= 2]
@@ -263,7 +263,7 @@ def listing(scene: Scene, rng: random.Random) -> str:
     square: center." The curriculum stage's answers: with the region next to the name, the LLaMA learns to find
     the named object's image token, which it does not learn from questions where the name sits far from the answer
     (position questions alone stay at the bag level, 45.7%; after 750 listing steps, 81.3% with a perfect tower:
-    docs/demo-model.md, sixth and eighth rounds). Random order, so reading the cells in turn cannot do it."""
+    docs/demo-model-history.md, sixth and eighth rounds). Random order, so reading the cells in turn cannot do it."""
     named = referable(scene)
     rng.shuffle(named)
     return " ".join(f"{ref}: {o.region}." for o, ref in named)
@@ -294,7 +294,7 @@ def region_phrases(scene: Scene, empty_cells: bool = False,
     empty grid cell as "top left: empty" over the whole cell, with as many objects at that place (seeded by the
     scene) as its hard negatives: a token that never learned what "empty" looks like half-matches some object's
     name, which keeps the LLM from finding the object a question names (with empty cells' features left at zero
-    the lookup probe reached 78.0%, with a best-match object's 42.3%: docs/demo-model.md, seventh round)."""
+    the lookup probe reached 78.0%, with a best-match object's 42.3%: docs/demo-model-history.md, seventh round)."""
     pairs = [(f"{o.region}: {o.phrase()}", o.box,
               [f"{o.region}: {replace(o, shape=s).phrase()}" for s in SHAPES if s != o.shape]) for o in scene.objects]
     if empty_cells:

@@ -22,7 +22,7 @@ Stages (`--from STAGE` restarts at a stage, reusing the work dir's earlier outpu
 10. relation2 a second relation stage, from stage 2's model, when `stages.relation2` names a preset (on
               `relation.json`): from a stage-2 model the relation comparison forms reliably, from the lookup stage
               it often does not (three of four relation stages from the lookup stage never left their loss
-              plateau; from a stage-2 model it reached 98.7%: docs/demo-model.md, thirteenth round)
+              plateau; from a stage-2 model it reached 98.7%: docs/demo-model-history.md, thirteenth round)
 11. final     stage 2 again, from relation2, when `stages.final` names a preset (on `stage2.json`)
 12. convert   `llava-local convert` of the last LLaVA stage run (final, else stage2) → quantized GGUF + ONNX bundle
 13. eval      held-out scenes through the bundle (llava_local ChatSession) and the torch model

@@ -13,5 +13,5 @@ reads what an earlier recipe stage left in its work directory (default `build/de
   projector and stage 1 or the language model limit the score. After the data and lm stages:
   `python -m training.demo.probes.perfect_tower --work build/demo`
 
-`--help` on each lists its options; docs/demo-model.md reports what they found.
+`--help` on each lists its options; docs/demo-model-history.md reports what they found.
 """

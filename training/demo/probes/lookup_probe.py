@@ -23,7 +23,7 @@ Contract:
   `eval_seed`) whose answer tokens are all argmax-right given the prompt (= greedy decoding of the answer), over all
   questions and over those whose object is named by one word (its shape).
 - `BAG_LEVEL` is what a model scores that knows which cells are occupied but not which object was named; a curve
-  that stays there has not learned the lookup (docs/demo-model.md, "What the sixth round measured").
+  that stays there has not learned the lookup (docs/demo-model-history.md, "What the sixth round measured").
 """
 
 from __future__ import annotations

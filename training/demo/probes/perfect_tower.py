@@ -10,7 +10,7 @@ Contract:
   loss, 9 image slots), with those features in the image slots, then asks the held-out eval questions
   (`evaluate.eval_set`, greedy, one fresh conversation each) and returns the `EvalResult`.
 - If the perfect-tower score is no better than the real pipeline's, the tower, projector and stage 1 are not the
-  limit (docs/demo-model.md, "What the fifth round measured").
+  limit (docs/demo-model-history.md, "What the fifth round measured").
 
 It reads scene keys from the records' image names (`images/s000042.png` → `make_scene(world_seed, 42)`).
 """

@@ -13,7 +13,7 @@ Contract:
 - `probe(tower_dir, train_n, test_n)` does that for a tower directory: training scenes from world `world_seed`,
   held-out ones from world `eval_seed`.
 - What a linear probe cannot read, the recipe's projector (two layers) mostly cannot either: when the probe
-  confuses small triangles and diamonds, so do the model's descriptions (docs/demo-model.md, thirteenth round).
+  confuses small triangles and diamonds, so do the model's descriptions (docs/demo-model-history.md, thirteenth round).
 """
 
 from __future__ import annotations
