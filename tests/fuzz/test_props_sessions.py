@@ -5,27 +5,19 @@ one-line `StoreError`; a damaged file is kept byte for byte, and no image path l
 from __future__ import annotations
 
 import sqlite3
+import sys
 from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tui.store import Message, Store, StoreError
+from tui.store import Store, StoreError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tui"))  # tuihelpers
+
+from tuihelpers import filled_store  # noqa: E402
 
 PAGE = 4096  # SQLite's default page size
-
-
-def filled(data: Path, n_sessions: int, filler: int) -> Path:
-    """A healthy store with sessions of two turns each; returns the database path (WAL checkpointed)."""
-    s = Store(data)
-    for i in range(n_sessions):
-        sid = s.create_session(f"chat {i}", "tiny", {"temperature": 0.1 * i}, None)
-        for j in range(2):
-            s.save_turn(sid, Message("user", f"q{i}.{j} " + "x" * filler),
-                        Message("assistant", f"a{i}.{j}", (), "eos", {"tps": 1.0}))
-    s._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    s.close()
-    return data / "sessions.db"
 
 
 def read_everything(store: Store) -> None:
@@ -64,7 +56,7 @@ _HEALTHY: list[bytes] = []
 def _healthy_db(tmp_path_factory) -> bytes:
     """A real database of 12 sessions, built once (a module-level cache: hypothesis prints fixture values)."""
     if not _HEALTHY:
-        _HEALTHY.append(filled(tmp_path_factory.mktemp("healthy"), n_sessions=12, filler=200).read_bytes())
+        _HEALTHY.append(filled_store(tmp_path_factory.mktemp("healthy"), n_sessions=12, filler=200).read_bytes())
     return _HEALTHY[0]
 
 

@@ -13,23 +13,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from tuihelpers import filled_store
 
 from tui.store import Message, Store, StoreError
 
 PAGE = 4096  # SQLite's default page size
-
-
-def _filled(data: Path, n_sessions: int = 3, filler: int = 0) -> Path:
-    """A healthy store with sessions of a few turns each; returns the database path (WAL checkpointed)."""
-    s = Store(data)
-    for i in range(n_sessions):
-        sid = s.create_session(f"chat {i}", "tiny", {"temperature": 0.1 * i}, None)
-        for j in range(2):
-            s.save_turn(sid, Message("user", f"q{i}.{j} " + "x" * filler),
-                        Message("assistant", f"a{i}.{j}", (), "eos", {"tps": 1.0}))
-    s._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    s.close()
-    return data / "sessions.db"
 
 
 def _read_everything(store: Store) -> list[tuple[str, list[str]]]:
@@ -60,7 +48,7 @@ def test_garbage_file_is_moved_aside_and_a_new_database_works(tmp_path: Path):
 
 def test_corrupt_pages_keep_the_file_and_carry_over_readable_sessions(tmp_path: Path):
     data = tmp_path / "data"
-    db = _filled(data, n_sessions=40, filler=300)  # several pages of messages
+    db = filled_store(data, n_sessions=40, filler=300)  # several pages of messages
     original = db.read_bytes()
     assert len(original) > 8 * PAGE
     damaged = bytearray(original)
@@ -116,7 +104,7 @@ def test_a_failure_after_opening_is_a_store_error(tmp_path: Path):
 def test_locked_database_is_not_mistaken_for_damage(tmp_path: Path):
     """Only corruption moves a file aside: a database another process holds locked is left exactly where it is."""
     data = tmp_path / "data"
-    _filled(data, 1)
+    filled_store(data, 1)
     holder = sqlite3.connect(data / "sessions.db", isolation_level=None)
     holder.execute("PRAGMA journal_mode=DELETE")  # a rollback journal, so an exclusive lock blocks readers
     holder.execute("BEGIN EXCLUSIVE")
@@ -132,7 +120,7 @@ def test_locked_database_is_not_mistaken_for_damage(tmp_path: Path):
 def test_moved_aside_wal_keeps_its_committed_turns(tmp_path: Path):
     """The WAL holds committed turns until a checkpoint: it moves with the damaged file, and is read in salvage."""
     data = tmp_path / "data"
-    _filled(data, 40, filler=300)
+    filled_store(data, 40, filler=300)
     s = Store(data)  # a turn committed to the WAL only (the writer is still open: no checkpoint)
     sid = s.create_session("late", "m", {}, None)
     s.save_turn(sid, Message("user", "late q"), Message("assistant", "late a"))
