@@ -57,3 +57,21 @@ def make_release(root: Path) -> dict[str, dict]:
     (root / "problems.json").write_text(json.dumps(problems, indent=1))
     (root / "pid_splits.json").write_text(json.dumps(splits, indent=1))
     return problems
+
+
+def hand_count(problems: dict, right: dict[str, bool]) -> dict[str, list[bool]]:
+    """The paper's columns counted by hand from the fixture's labels (not through `training.scienceqa.score`):
+    column → whether each problem in it was answered right."""
+    cols: dict[str, list[bool]] = {c: [] for c in ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12", "Avg")}
+    for pid, ok in right.items():
+        p = problems[pid]
+        cols[{"natural science": "NAT", "social science": "SOC", "language science": "LAN"}[p["subject"]]].append(ok)
+        cols["G1-6" if int(p["grade"].removeprefix("grade")) <= 6 else "G7-12"].append(ok)
+        cols["Avg"].append(ok)
+        if p["hint"]:
+            cols["TXT"].append(ok)
+        if p["image"]:
+            cols["IMG"].append(ok)
+        if not p["hint"] and not p["image"]:
+            cols["NO"].append(ok)
+    return cols

@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+from sqa_fixtures import hand_count  # noqa: E402
+
 from llava_local.cli import main  # noqa: E402
 
 LETTERS = "ABCDE"
@@ -30,21 +32,9 @@ def _letter(text: str, n: int) -> int:
 
 
 def _expected_row(problems: dict, preds: dict[str, str]) -> dict[str, float | None]:
-    cols = {"NAT": [], "SOC": [], "LAN": [], "TXT": [], "IMG": [], "NO": [], "G1-6": [], "G7-12": [], "Avg": []}
-    for pid, text in preds.items():
-        p = problems[pid]
-        ok = _letter(text, len(p["choices"])) == p["answer"]
-        grade = int(p["grade"].removeprefix("grade"))
-        subject = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}[p["subject"]]
-        for col in (subject, "G1-6" if grade <= 6 else "G7-12", "Avg"):
-            cols[col].append(ok)
-        if p["hint"]:
-            cols["TXT"].append(ok)
-        if p["image"]:
-            cols["IMG"].append(ok)
-        if not p["hint"] and not p["image"]:
-            cols["NO"].append(ok)
-    return {c: (100 * sum(v) / len(v) if v else None) for c, v in cols.items()}
+    right = {pid: _letter(text, len(problems[pid]["choices"])) == problems[pid]["answer"]
+             for pid, text in preds.items()}
+    return {c: (100 * sum(v) / len(v) if v else None) for c, v in hand_count(problems, right).items()}
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sqa_fixtures import hand_count
 
 from llava_local.cli import main
 from training.scienceqa.evaluate import bundle_identity
@@ -27,19 +28,7 @@ def _answer(k: int, p: dict) -> tuple[str, bool]:
 
 
 def _hand_count(problems: dict, right: dict[str, bool]) -> dict[str, str]:
-    cols: dict[str, list[bool]] = {c: [] for c in ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12", "Avg")}
-    for pid, ok in right.items():
-        p = problems[pid]
-        cols[{"natural science": "NAT", "social science": "SOC", "language science": "LAN"}[p["subject"]]].append(ok)
-        cols["G1-6" if int(p["grade"][5:]) <= 6 else "G7-12"].append(ok)
-        cols["Avg"].append(ok)
-        if p["hint"]:
-            cols["TXT"].append(ok)
-        if p["image"]:
-            cols["IMG"].append(ok)
-        if not p["hint"] and not p["image"]:
-            cols["NO"].append(ok)
-    return {c: f"{100 * sum(v) / len(v):.2f}" if v else "-" for c, v in cols.items()}
+    return {c: f"{100 * sum(v) / len(v):.2f}" if v else "-" for c, v in hand_count(problems, right).items()}
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
