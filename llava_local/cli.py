@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from .errors import LlavaLocalError
@@ -37,20 +38,23 @@ def _help_of(plugin: Plugin) -> str:
     return str(getattr(module, "HELP", "")) + needs
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The top-level parser. With `command`, only that command's module is imported (to add its arguments);
-    without one, every command's module is imported for its help line."""
+def build_parser(command: str | None = None, module: Any = None,
+                 commands: dict[str, Plugin] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser. With `command`, only that command's module is imported (`module` when the caller
+    has loaded it already) to add its arguments; without one, every command's module is imported for its help."""
     parser = argparse.ArgumentParser(prog="llava-local", description="LLaVA on your own machine, offline.")
     parser.add_argument("--version", action="version", version=f"llava-local {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, plugin in plugins(COMMAND_GROUP).items():
-        if command is not None and name != command:
+    for name, plugin in (plugins(COMMAND_GROUP) if commands is None else commands).items():
+        if command is None:
+            help_text = _help_of(plugin)
+            sub.add_parser(name, help=help_text, description=help_text)
+        elif name == command:
+            module = module if module is not None else load_plugin(plugin)
+            help_text = str(getattr(module, "HELP", ""))
+            module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        else:
             sub.add_parser(name)  # listed so argparse accepts it; never shown (help is printed only without a command)
-            continue
-        help_text = _help_of(plugin)
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if name == command:
-            load_plugin(plugin).add_arguments(p)
     return parser
 
 
@@ -68,15 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    commands = plugins(COMMAND_GROUP)
+    commands = plugins(COMMAND_GROUP)  # entry points are scanned once, the command's module loaded once
     command = _command_of(argv, list(commands))
-    parser = build_parser(command)
+    command_module = load_plugin(commands[command]) if command is not None else None
+    parser = build_parser(command, command_module, commands)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     plugin = commands[args.command]
-    command_module = load_plugin(plugin)
+    command_module = command_module if command_module is not None else load_plugin(plugin)
     with plugin.missing_extra_errors(module_extras(command_module)):
         return int(command_module.run(args) or 0)
 

@@ -23,6 +23,7 @@ says whether turning them on cannot kill the process. `LLAVA_LOCAL_REPACK=0|1` f
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -49,6 +50,7 @@ sys.exit(0 if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(toks, 2)
 """
 
 
+@functools.cache  # /proc/cpuinfo does not change while we run; several checks per model open read it
 def _cpu_flags() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
