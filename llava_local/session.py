@@ -119,8 +119,8 @@ class ChatSession:
         loaded = [_read_image(src, self.model) for src in images]  # ImageError before any state change
         turns = [*self.turns, Turn("user", text, len(loaded))]
         ids = [*self.image_ids, *(i for i, _ in loaded)]
-        self._tokens_needed(turns, ids)  # ContextOverflow before any state change
-        return self._ask(turns, ids, loaded, cancel)
+        items = self._checked_items(turns, ids)  # ContextOverflow before any state change
+        return self._ask(turns, ids, loaded, cancel, items)
 
     def answer(self, turns: Sequence[Turn], images: Sequence[ImageSource] = (),
                cancel: threading.Event | None = None) -> Iterator[Event]:
@@ -151,18 +151,19 @@ class ChatSession:
                 if emb is None:
                     pending[image_id] = _pixels(data, name, self.model)  # ImageError before any state change
             known[image_id] = emb
-        self._tokens_needed(turns, ids)  # ContextOverflow before any state change
-        return self._answer_all(turns, ids, known, pending, cancel)
+        items = self._checked_items(turns, ids)  # ContextOverflow before any state change
+        return self._answer_all(turns, ids, known, pending, cancel, items)
 
     def regenerate(self, cancel: threading.Event | None = None) -> Iterator[Event]:
         """Drop the last answer and answer the last question again (a new sample unless greedy)."""
         if not self.turns:
             raise UsageError("nothing to regenerate: ask a question first")
         turns = self.turns[:-1] if self.turns[-1].role == "assistant" else list(self.turns)
-        self._tokens_needed(turns, self.image_ids)
+        items = self._checked_items(turns, self.image_ids)
         self.turns = turns
         self._regens += 1
-        return self._answer(cancel, time.perf_counter(), self.generation.seed + self._regens, drop_on_error=False)
+        return self._answer(cancel, time.perf_counter(), self.generation.seed + self._regens, items,
+                            drop_on_error=False)
 
     def clear(self) -> None:
         """Forget the conversation; the model stays loaded."""
@@ -215,18 +216,20 @@ class ChatSession:
                 items += m.engine.tokenize(chunk, add_bos=i == 0)
         return items
 
-    def _tokens_needed(self, turns: Sequence[Turn], ids: Sequence[str]) -> int:
-        n = len(self._items(turns, ids))
+    def _checked_items(self, turns: Sequence[Turn], ids: Sequence[str]) -> list[Any]:
+        """The conversation's KV items (rendered and tokenized once: the answer decodes these), or ContextOverflow."""
+        items = self._items(turns, ids)
+        n = len(items)
         room = self.model.engine.n_ctx
         if n + 1 > room:  # +1: the answer needs at least one position
             raise ContextOverflow(
                 f"the conversation needs {n} tokens plus the answer but the context holds {room}; "
                 "start a new chat (or clear it), use fewer images, or raise --n-ctx"
             )
-        return n
+        return items
 
     def _ask(self, turns: list[Turn], ids: list[str], loaded: list[tuple[str, npt.NDArray[np.float32]]],
-             cancel: threading.Event | None) -> Iterator[Event]:
+             cancel: threading.Event | None, items: list[Any]) -> Iterator[Event]:
         t0 = time.perf_counter()
         for image_id, pixels in loaded:
             if image_id in self._embs:
@@ -236,10 +239,11 @@ class ChatSession:
             self._embs[image_id] = emb
             yield ImageEncoded(image_id, cached=cached, seconds=secs)
         self.turns, self.image_ids = turns, ids
-        yield from self._answer(cancel, t0, self.generation.seed)
+        yield from self._answer(cancel, t0, self.generation.seed, items)
 
     def _answer_all(self, turns: list[Turn], ids: list[str], known: dict[str, npt.NDArray[np.float32] | None],
-                    pending: dict[str, npt.NDArray[np.float32]], cancel: threading.Event | None) -> Iterator[Event]:
+                    pending: dict[str, npt.NDArray[np.float32]], cancel: threading.Event | None,
+                    items: list[Any]) -> Iterator[Event]:
         t0 = time.perf_counter()
         embs: dict[str, npt.NDArray[np.float32]] = {}
         for image_id, emb in known.items():
@@ -252,7 +256,7 @@ class ChatSession:
             embs[image_id] = emb
         # Only this conversation's images are kept: a long-running session does not grow with every image it saw.
         self._embs, self.turns, self.image_ids = embs, turns, ids
-        yield from self._answer(cancel, t0, self.generation.seed)
+        yield from self._answer(cancel, t0, self.generation.seed, items)
 
     def _prefill(self, items: list[Any], cancel: threading.Event | None = None) -> tuple[int, int]:
         """Make the KV cache hold `items`; returns (n_new, n_reused). Logits are ready for the last item, unless
@@ -286,11 +290,11 @@ class ChatSession:
             raise
         return i - keep, keep
 
-    def _answer(self, cancel: threading.Event | None, t0: float, seed: int, drop_on_error: bool = True
-                ) -> Iterator[Event]:
+    def _answer(self, cancel: threading.Event | None, t0: float, seed: int, items: list[Any],
+                drop_on_error: bool = True) -> Iterator[Event]:
+        """Prefill `items` (the KV items of `self.turns`, checked against the context by the caller) and generate."""
         m, eng, gen = self.model, self.model.engine, self.generation
         try:
-            items = self._items(self.turns, self.image_ids)
             n_new, n_reused = self._prefill(items, cancel)
         except BaseException:
             if drop_on_error:
