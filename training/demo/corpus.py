@@ -74,6 +74,9 @@ class DataMix:
     conversation: float = 0.25
     detail: float = 0.1
     complex_reasoning: float = 0.1
+    # the share of stage 2's and the base LLaMA's evaluation-type questions asked in `phrasings.NATURAL_ASK`'s
+    # wordings, typed casually; half of those come without the short-answer instruction and get a sentence
+    natural: float = 0.0
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.vqa_weights) - set(VQA_KINDS))
@@ -98,7 +101,24 @@ def eval_items(scene: Scene, rng: random.Random, qtypes: Sequence[str] = QTYPES)
     return [qa for t in qtypes if (qa := teacher.sample_qa(scene, rng, t)) is not None]
 
 
-def _vqa_turn(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str] | None:
+def natural_turn(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str] | None:
+    """A question of evaluation type `kind` as people ask it (`phrasings.NATURAL_ASK`, `casual`): half the time with
+    the short-answer instruction and the short answer, else on its own with the teacher's sentence ("The circle is
+    red.", "Yes, there is a red circle."), which is how a question without the instruction is answered."""
+    from .phrasings import NATURAL_ASK, casual
+
+    qa = teacher.sample_qa(scene, rng, kind, NATURAL_ASK)
+    if qa is None:
+        return None
+    question = casual(qa.question, rng)
+    if qa.qtype == "description" or rng.random() < 0.5:
+        return question, qa.sentence
+    return f"{question}\n{SHORT_ANSWER}", qa.answer
+
+
+def _vqa_turn(scene: Scene, rng: random.Random, kind: str, natural: float = 0.0) -> tuple[str, str] | None:
+    if natural and kind in QTYPES and rng.random() < natural:
+        return natural_turn(scene, rng, kind)
     if kind == "layout":
         return rng.choice(LAYOUT_REQUESTS), scene_text(scene)
     if kind == "relative":
@@ -109,16 +129,17 @@ def _vqa_turn(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str] | 
     return None if qa is None else (prompt_of(qa), qa.answer)
 
 
-def _vqa_turns(scene: Scene, rng: random.Random, k: int,
-               weights: Mapping[str, int] | None = None) -> list[tuple[str, str]]:
-    """`k` turns, kinds spread in proportion to `weights` (default: the QTYPES evenly), no question twice."""
+def _vqa_turns(scene: Scene, rng: random.Random, k: int, weights: Mapping[str, int] | None = None,
+               natural: float = 0.0) -> list[tuple[str, str]]:
+    """`k` turns, kinds spread in proportion to `weights` (default: the QTYPES evenly), no question twice; a
+    `natural` share of the evaluation-type questions in people's wordings (`natural_turn`)."""
     weights = {t: 1 for t in QTYPES} | dict(weights or {})
     kinds = [t for t in VQA_KINDS for _ in range(weights.get(t, 0))]
     kinds = kinds * (k // len(kinds) + 1)
     rng.shuffle(kinds)
     turns, seen = [], set()
     for t in kinds:
-        turn = _vqa_turn(scene, rng, t)
+        turn = _vqa_turn(scene, rng, t, natural)
         if turn is None or turn[0] in seen:
             continue
         seen.add(turn[0])
@@ -191,7 +212,7 @@ def _count(rate: float, rng: random.Random) -> int:
 def stage2_records(scene: Scene, image: str, rng: random.Random, mix: DataMix) -> Iterator[dict[str, Any]]:
     """The stage-2 records of one scene, in the data mix's proportions."""
     for i in range(_count(mix.vqa, rng)):
-        turns = _vqa_turns(scene, rng, rng.randint(*mix.vqa_turns), mix.vqa_weights)
+        turns = _vqa_turns(scene, rng, rng.randint(*mix.vqa_turns), mix.vqa_weights, mix.natural)
         if turns:
             yield _record(f"{scene.key}-vqa{i}", image, turns)
     for rtype in RTYPES:  # the paper's three response types
@@ -202,11 +223,12 @@ def stage2_records(scene: Scene, image: str, rng: random.Random, mix: DataMix) -
 
 
 def _question_chats(scene: Scene, image: str, tag: str, n: int, rng: random.Random, weights: Mapping[str, int],
-                    mix: DataMix) -> Iterator[dict[str, Any]]:
+                    mix: DataMix, natural: float = 0.0) -> Iterator[dict[str, Any]]:
     """Up to `n` multi-turn chats of short questions of the kinds `weights` names (ids "<scene>-<tag><i>"), each
-    `mix.vqa_turns` long: the curriculum's chats and stage 2's extra ones, each kind from its own random stream."""
+    `mix.vqa_turns` long: the curriculum's chats (teacher wordings) and stage 2's extra ones (`natural`: the share
+    in people's wordings), each kind from its own random stream."""
     for i in range(n):
-        if turns := _vqa_turns(scene, rng, rng.randint(*mix.vqa_turns), weights):
+        if turns := _vqa_turns(scene, rng, rng.randint(*mix.vqa_turns), weights, natural):
             yield _record(f"{scene.key}-{tag}{i}", image, turns)
 
 
@@ -238,7 +260,7 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
                 turn = _vqa_turn(scene, describe_rng, "description")
                 stage2.append(_record(f"{scene.key}-describe{i}", name, [turn]))
             stage2.extend(_question_chats(scene, name, "relations", _count(mix.relations, relations_rng),
-                                          relations_rng, ONLY_RELATIONS, mix))
+                                          relations_rng, ONLY_RELATIONS, mix, mix.natural))
             stage2.extend(_question_chats(scene, name, "counting", _count(mix.counting, counting_rng), counting_rng,
                                           ONLY_COUNTING, mix))
         if text := listing(scene, listing_rng):
@@ -337,7 +359,7 @@ def text_corpus(scenes: Sequence[Scene], seed: int, mix: DataMix = DataMix()) ->
     rng = random.Random(f"demo-text:{seed}")
     docs: list[str | Doc] = [VICUNA_SYSTEM, SHORT_ANSWER, *DETAIL_REQUESTS]
     for scene in scenes:
-        docs.append(grounded_chat(scene, _vqa_turns(scene, rng, rng.randint(3, 6), mix.vqa_weights)))
+        docs.append(grounded_chat(scene, _vqa_turns(scene, rng, rng.randint(3, 6), mix.vqa_weights, mix.natural)))
         docs.append(grounded_chat(scene, _teacher_turns(scene, rng.choice(RTYPES), rng)))
         docs.extend(teacher.captions(scene, rng, 1))
         if mix.layout_captions:  # so the frozen LLM of stage 1 can write the layout captions it is aligned on

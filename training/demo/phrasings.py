@@ -1,6 +1,11 @@
-"""Held-out phrasings: the questions a new user types, written apart from the teacher's and never trained on.
+"""The ways people ask: wordings the recipe trains on, and held-out ones written apart and never trained on.
 
 Contract:
+- `NATURAL_ASK` is the training side: per question type, many wordings besides the teacher's three (American and
+  British spelling, contractions, synonyms, indirect requests), and `casual(question, rng)` adds the noise of typing
+  (lower case, no question mark). `corpus` asks a share of its questions this way (`DataMix.natural`), half of them
+  without the short-answer instruction, answered in a sentence that starts with "Yes"/"No" where it is a yes/no
+  question.
 - `HELDOUT_ASK` is a phrasing table for `teacher.sample_qa(..., ask=HELDOUT_ASK)`: per question type, templates in
   the ways people ask (American and British spelling, contractions, lower case without a question mark, "can you
   tell me…", "is there … in this picture") that share no template with the training data (a test checks the
@@ -13,6 +18,7 @@ Contract:
 
 from __future__ import annotations
 
+import random
 import re
 
 from training.datagen import teacher
@@ -20,8 +26,8 @@ from training.datagen.world import COLOURS, NUMBER_WORDS, SHAPES, Scene
 
 # {ref}: a unique noun phrase ("small circle"); existence: with its article ("a red circle"); count: plural noun.
 HELDOUT_ASK: teacher.Phrasings = {
-    "colour": ("what color is the {ref}", "What's the color of the {ref}?", "Can you tell me what colour the {ref} is?",
-               "which color does the {ref} have?"),
+    "colour": ("what's the {ref}'s color", "What's the color of the {ref}?",
+               "Can you tell me what colour the {ref} is?", "which color does the {ref} have?"),
     "shape": ("what shape's the {ref}?", "Can you tell me the shape of the {ref}?", "what is the {ref} shaped like",
               "What sort of shape is the {ref}?"),
     "position": ("where's the {ref}?", "Where can I find the {ref}?", "can you tell me where the {ref} is",
@@ -35,6 +41,56 @@ HELDOUT_ASK: teacher.Phrasings = {
     "description": ("What's in this picture?", "can you describe this image", "Tell me what you see.",
                     "What does this picture show?"),
 }
+
+# The training wordings: none is a held-out template, in either spelling (`canonical`; a test checks). The teacher's
+# own table (`teacher.ASK`) stays as it is, so the teacher split of `eval synthetic` asks what it always asked.
+NATURAL_ASK: teacher.Phrasings = {
+    "colour": ("Tell me the color of the {ref}.", "Could you say which colour the {ref} is?",
+               "I'd like to know the color of the {ref}.", "Which color has the {ref} got?", "what colour's the {ref}",
+               "Name the colour of the {ref}.", "What color would you say the {ref} is?",
+               "Do you know the colour of the {ref}?", "the {ref} is what color?"),
+    "shape": ("Do you know what shape the {ref} is?", "Which kind of shape is the {ref}?",
+              "Name the shape of the {ref}.", "I'd like to know the shape of the {ref}.",
+              "What form does the {ref} have?", "what shape is the {ref}",
+              "Could you say what shape the {ref} has?", "The {ref} is which shape?"),
+    "position": ("Where is the {ref} located?", "Do you know where the {ref} is?",
+                 "In what part of the picture is the {ref}?", "Where does the {ref} sit?",
+                 "Where in the picture is the {ref}?", "I'd like to know where the {ref} is.",
+                 "Could you say where the {ref} is?", "where is the {ref} placed", "Point out where the {ref} is."),
+    "count": ("How many {ref} are there in the picture?", "What's the count of {ref}?",
+              "Do you know how many {ref} there are?", "Count how many {ref} there are.",
+              "How many {ref} does the image show?", "number of {ref}?",
+              "Could you say how many {ref} the picture has?",
+              "how many {ref} are in the image", "I'd like to know how many {ref} there are."),
+    "existence": ("Is there {ref} anywhere?", "Do you notice {ref}?", "Does this picture have {ref}?",
+                  "Can I find {ref} here?", "Is there {ref} somewhere in the image?", "Does the picture show {ref}?",
+                  "Could you check whether there's {ref}?", "is there {ref} in the image", "Do you spot {ref}?"),
+    "relation": ("Is the {a} {rel} the {b}?", "Is the {a} placed {rel} the {b}?", "Does the {a} sit {rel} the {b}?",
+                 "Do you think the {a} is {rel} the {b}?", "Is the {a} positioned {rel} the {b}?",
+                 "Could you check if the {a} is {rel} the {b}?", "Check: is the {a} {rel} the {b}?",
+                 "is the {a} {rel} the {b}"),
+    "description": ("Describe this picture.", "What do you see in the image?", "What can you see here?",
+                    "Tell me about this image.", "Could you describe the picture?", "What's shown in the image?",
+                    "describe the image", "Give me a short description of this picture."),
+}
+
+# one spelling per word, so that two templates that differ only in spelling compare equal
+_SPELLINGS = {"color": "colour", "gray": "grey", "center": "centre"}
+
+
+def canonical(text: str) -> str:
+    """`normalize`d, British spelling: how a training wording is compared with a held-out one."""
+    return " ".join(_SPELLINGS.get(w, w) for w in normalize(text).split())
+
+
+def casual(question: str, rng: random.Random) -> str:
+    """`question` as typed in a hurry, a third of the time each: all lower case; without its final punctuation."""
+    if rng.random() < 1 / 3:
+        question = question.lower()
+    if rng.random() < 1 / 3:
+        question = question.rstrip("?.")
+    return question
+
 
 # regions as the teacher names them, longest first so "top left" wins over "top" and "left"
 REGIONS = ("top left", "top right", "bottom left", "bottom right", "center", "top", "bottom", "left", "right")

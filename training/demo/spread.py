@@ -1,0 +1,146 @@
+"""The demo recipe's spread across vision-tower seeds: `python -m training.demo.spread` (`make demo-model-spread`).
+
+Contract:
+- `run_spread(seeds, work, rerun)` runs the whole recipe (`recipe.Recipe`, from nothing, every stage through eval)
+  once per clip seed, each in `work/clip-seed-N/` with its bundle in `work/clip-seed-N/bundle`; a seed whose run
+  finished before (its `recipe-report.json` has an eval) is read, not run again. With `rerun=N`, seed N runs a second
+  time in `work/clip-seed-N-rerun/` and every file of the two bundles and the two final checkpoints is compared by
+  SHA-256: the recipe is byte-reproducible on one machine when they all agree.
+- `summarize(reports)` → per phrasing split (teacher, held-out) and per question type: each seed's accuracy, their
+  mean and range; and each run's wall time. `markdown(summary)` renders it as the tables in docs/demo-model.md.
+  `work/spread.json` gets the summary.
+
+Only the clip seed varies: it sets the tower's initialisation and batch order, the one stage whose outcome varied
+between runs; the world, the data and the LLaVA stages keep their seeds, so the spread is the tower's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from llava_local.errors import LlavaLocalError
+
+from .recipe import RECIPE_YAML, Recipe, load_recipe
+
+SPLITS = {"teacher": "bundle", "heldout": "bundle/heldout"}  # split → the eval stage's key for the bundle's result
+
+
+def _report(work: Path) -> dict[str, Any] | None:
+    path = work / "recipe-report.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text(encoding="utf-8"))
+    return report if "bundle/heldout" in report.get("stages", {}).get("eval", {}) else None
+
+
+def run_one(seed: int, work: Path, config: str | Path = RECIPE_YAML) -> dict[str, Any]:
+    """The recipe from nothing with clip seed `seed` in `work` (or its finished report)."""
+    if (done := _report(work)) is not None:
+        return done
+    cfg = load_recipe(config)
+    cfg = replace(cfg, clip=replace(cfg.clip, seed=seed))
+    return Recipe(cfg, work, work / "bundle", {}).run()
+
+
+def digests(run: Path) -> dict[str, str]:
+    """SHA-256 of every file of a run's bundle and final checkpoint, by path relative to the run."""
+    out = {}
+    for top in ("bundle", "final"):
+        for f in sorted((run / top).rglob("*")):
+            if f.is_file():
+                out[f.relative_to(run).as_posix()] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def compare(a: Path, b: Path) -> dict[str, Any]:
+    """Which files differ between two runs' bundles and final checkpoints (the manifest and the training metrics
+    carry timings, so they are listed apart)."""
+    da, db = digests(a), digests(b)
+    timed = {"bundle/manifest.json", "final/metrics.jsonl"}
+    differ = sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))
+    return {"files": len(da), "identical": not [k for k in differ if k not in timed],
+            "differ": differ}
+
+
+def summarize(reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Per split and type: each seed's accuracy (%), mean, min, max; and each run's seconds."""
+    out: dict[str, Any] = {"seeds": sorted(reports), "splits": {}, "seconds": {}}
+    for split, key in SPLITS.items():
+        rows: dict[str, dict[str, Any]] = {}
+        for seed in sorted(reports):
+            res = reports[seed]["stages"]["eval"][key]
+            for name, acc in [*res["per_type"].items(), ("overall", res["overall"])]:
+                rows.setdefault(name, {"by_seed": {}})["by_seed"][seed] = round(100 * acc, 1)
+        for row in rows.values():
+            vals = list(row["by_seed"].values())
+            row |= {"mean": round(statistics.fmean(vals), 1), "min": min(vals), "max": max(vals)}
+        out["splits"][split] = rows
+    for seed, rep in reports.items():
+        out["seconds"][seed] = rep.get("total_seconds")
+    return out
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    seeds = summary["seeds"]
+    lines = []
+    for split, rows in summary["splits"].items():
+        lines += [f"{split} wordings:", "", "| type | " + " | ".join(f"clip seed {s}" for s in seeds)
+                  + " | mean | range |", "| --- |" + " --- |" * (len(seeds) + 2)]
+        for name, row in rows.items():
+            cells = [f"{row['by_seed'][s]:.1f}" for s in seeds]
+            label = f"**{name}**" if name == "overall" else name
+            spread = f"{row['mean']:.1f} | {row['min']:.1f}–{row['max']:.1f}"
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {spread} |")
+        lines.append("")
+    lines.append("wall time (s): " + ", ".join(f"seed {s}: {summary['seconds'][s]}" for s in seeds))
+    return "\n".join(lines)
+
+
+def run_spread(seeds: list[int], work: Path, rerun: int | None = None,
+               config: str | Path = RECIPE_YAML) -> dict[str, Any]:
+    reports = {s: run_one(s, work / f"clip-seed-{s}", config) for s in seeds}
+    summary = summarize(reports)
+    if rerun is not None:
+        first = work / f"clip-seed-{rerun}"
+        if rerun not in reports:
+            run_one(rerun, first, config)
+        run_one(rerun, work / f"clip-seed-{rerun}-rerun", config)
+        summary["rerun"] = {"seed": rerun, **compare(first, work / f"clip-seed-{rerun}-rerun")}
+    (work / "spread.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.demo.spread", description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="clip seeds, one whole recipe run each")
+    p.add_argument("--work", default="build/demo-spread", help="one work dir per seed goes in here")
+    p.add_argument("--rerun", type=int, default=None, metavar="SEED",
+                   help="run this seed a second time and compare the two runs' files byte for byte")
+    p.add_argument("--config", default=str(RECIPE_YAML), help="recipe YAML")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        summary = run_spread(args.seeds, Path(args.work), args.rerun, args.config)
+    except LlavaLocalError as e:
+        print(f"spread: error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(markdown(summary))
+    if "rerun" in summary:
+        r = summary["rerun"]
+        print(f"rerun of clip seed {r['seed']}: {r['files']} files, "
+              + ("byte-identical" if r["identical"] else f"differ: {', '.join(r['differ'])}"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
