@@ -14,6 +14,35 @@ from training.demo.recipe import RECIPE_YAML, STAGES, load_recipe
 torch = pytest.importorskip("torch")
 
 
+def plain_mix(**changes):
+    """The paper's stage-2 mix with nothing of the recipe's extras switched on; `changes` switch one on."""
+    from training.demo.corpus import DataMix
+
+    return DataMix(**{"vqa": 1.0, "vqa_turns": (3, 8), "vqa_weights": {}, "layout_captions": 0.0, "relations": 0.0,
+                      "counting": 0.0, "description_order": "reading", "conversation": 0.25, "detail": 0.1,
+                      "complex_reasoning": 0.1, "natural": 0.0} | changes)
+
+
+def toy_lm(**changes):
+    """A base LLaMA small enough to train a few steps in a test."""
+    from training.demo.lm_pretrain import LMConfig
+
+    return LMConfig(**{"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
+                       "max_position_embeddings": 512, "seq_len": 64, "batch_size": 4, "steps": 2, "lr": 2e-3,
+                       "warmup": 1, "weight_decay": 0.05, "seed": 0} | changes)
+
+
+def toy_clip(**changes):
+    """A stand-in CLIP small enough to train a few steps in a test."""
+    from training.demo.clip_pretrain import ClipConfig
+
+    return ClipConfig(**{"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+                         "num_layers": 2, "num_heads": 2, "text_hidden_size": 32, "text_layers": 2, "text_max_len": 64,
+                         "projection_dim": 16, "batch_size": 8, "steps": 2, "lr": 1e-3, "warmup": 1,
+                         "weight_decay": 0.1, "region_weight": 1.0, "region_max_len": 8, "hard_negative_weight": 0.0,
+                         "empty_regions": False, "position_init_std": 0.02, "seed": 0} | changes)
+
+
 def test_recipe_yaml_and_stage_presets_validate():
     cfg = load_recipe(RECIPE_YAML)
     assert cfg.eval_seed != cfg.world_seed and cfg.clip.image_size == cfg.image_size
@@ -21,7 +50,7 @@ def test_recipe_yaml_and_stage_presets_validate():
     s1, s2 = load_config(cfg.stage1), load_config(cfg.stage2)
     assert (s1.stage, s1.model.template, s2.stage, s2.model.template) == (1, "plain", 2, "vicuna_v1")
     listing, lookup = load_config(cfg.listing), load_config(cfg.lookup)  # the curriculum trains the LLM too
-    relation = load_config(cfg.relation)
+    relation = load_config(cfg.relation2)
     assert (listing.optim.schedule, lookup.optim.schedule, relation.optim.schedule, s2.optim.schedule) == (
         "constant", "constant", "constant", "wsd")
     assert cfg.clip.empty_regions
@@ -29,9 +58,8 @@ def test_recipe_yaml_and_stage_presets_validate():
     assert (lookup.stage, lookup.model.template, Path(lookup.data.json).name) == (2, "vicuna_v1", "lookup.json")
     assert (relation.stage, relation.model.template, Path(relation.data.json).name) == (2, "vicuna_v1",
                                                                                        "relation.json")
-    assert (cfg.relation2, cfg.final) == (cfg.relation, cfg.stage2)  # the second pass repeats the two presets
-    order = [STAGES.index(s) for s in ("stage1", "listing", "lookup", "relation", "stage2", "relation2", "final",
-                                       "convert")]
+    assert cfg.final == cfg.stage2  # the second pass ends on stage 2's preset again
+    order = [STAGES.index(s) for s in ("stage1", "listing", "lookup", "stage2", "relation2", "final", "convert")]
     assert order == sorted(order)
     assert STAGES[0] == "data" and STAGES[-1] == "eval"
 
@@ -54,8 +82,8 @@ def toy(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("toy")
     scenes = make_scenes(0, 40)
-    info = build_dataset(root / "data", scenes, 32, seed=0)
-    texts = text_corpus(scenes, 0)
+    info = build_dataset(root / "data", scenes, 32, seed=0, mix=plain_mix())
+    texts = text_corpus(scenes, 0, plain_mix())
     tok_dir = train_sentencepiece([doc_text(d) for d in texts], root / "tok", vocab_size=400)
     return root, info, texts, tok_dir
 
@@ -112,11 +140,10 @@ def test_short_answers_are_canonical(toy):
 def test_lm_pretrain_writes_a_loadable_llama(toy, tmp_path, precision):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.demo.lm_pretrain import LMConfig, pretrain_lm
+    from training.demo.lm_pretrain import pretrain_lm
 
     _, _, texts, tok_dir = toy
-    cfg = LMConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=2, seq_len=64,
-                   batch_size=4, steps=3, warmup=1, precision=precision)
+    cfg = toy_lm(steps=3, precision=precision)
     report = pretrain_lm(texts, tok_dir, tmp_path / "lm", cfg)
     assert report["steps"] == 3 and report["final_loss"] > 0
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "lm"))
@@ -130,14 +157,13 @@ def test_recipe_precision_is_validated_and_auto_follows_the_cpu(tmp_path):
     from dataclasses import replace
 
     from llava_local.errors import UsageError
-    from training.demo.lm_pretrain import LMConfig
     from training.demo.recipe import Recipe, native_bf16
 
     cfg = load_recipe(RECIPE_YAML)
     with pytest.raises(UsageError, match="precision"):
         replace(cfg, precision="fp16")
     with pytest.raises(ValueError, match="precision"):
-        LMConfig(precision="fp16")
+        toy_lm(precision="fp16")
     auto = Recipe(replace(cfg, precision="auto"), tmp_path, tmp_path / "out", {})
     assert auto.precision == ("bf16" if native_bf16() else "fp32") == auto.report["precision"]
     assert Recipe(replace(cfg, precision="fp32"), tmp_path, tmp_path / "out", {}).precision == "fp32"
@@ -163,12 +189,10 @@ def _clip_inputs(toy, empty_cells: bool = False) -> tuple:
 def test_clip_pretrain_writes_a_loadable_vision_tower(toy, tmp_path):
     from transformers import CLIPVisionModel
 
-    from training.demo.clip_pretrain import ClipConfig, pretrain_clip
+    from training.demo.clip_pretrain import pretrain_clip
 
     pixels, captions, regions, tok_dir = _clip_inputs(toy)
-    cfg = ClipConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
-                     text_hidden_size=32, projection_dim=16, batch_size=8, steps=2, warmup=1, position_init_std=1.0,
-                     hard_negative_weight=1.0)
+    cfg = toy_clip(position_init_std=1.0, hard_negative_weight=1.0)
     report = pretrain_clip(pixels, captions, tok_dir, tmp_path / "clip", cfg, regions=regions)
     assert report["steps"] == 2 and report["regions"] == sum(len(r) for r in regions)
     assert 0 <= report["final_region_acc"] <= 1 and 0 <= report["final_hard_negative_acc"] <= 1
@@ -189,12 +213,11 @@ def test_clip_pretrain_is_bit_reproducible(toy, tmp_path):
     # size are enough for that drift to show when the setting is off (checked).
     from safetensors.torch import load_file
 
-    from training.demo.clip_pretrain import ClipConfig, pretrain_clip
+    from training.demo.clip_pretrain import pretrain_clip
 
     pixels, captions, regions, tok_dir = _clip_inputs(toy, empty_cells=True)
-    cfg = ClipConfig(image_size=32, patch_size=8, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
-                     text_hidden_size=32, projection_dim=32, batch_size=len(pixels), steps=30, warmup=1,
-                     hard_negative_weight=1.0)
+    cfg = toy_clip(hidden_size=64, intermediate_size=128, projection_dim=32, batch_size=len(pixels), steps=30,
+                   hard_negative_weight=1.0)
     towers = []
     for run in ("a", "b"):
         pretrain_clip(pixels, captions, tok_dir, tmp_path / run, cfg, regions=regions)
@@ -287,11 +310,10 @@ def test_text_eval_asks_the_base_llama_exactly_as_its_training_chats_lay_a_quest
 
     from training.demo.corpus import grounded_chat
     from training.demo.evaluate import eval_set, evaluate_text, text_prompt_ids
-    from training.demo.lm_pretrain import LMConfig, pretrain_lm, tokenize_document
+    from training.demo.lm_pretrain import pretrain_lm, tokenize_document
 
     _, _, texts, tok_dir = toy
-    cfg = LMConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=2, seq_len=64,
-                   batch_size=4, steps=2, warmup=1)
+    cfg = toy_lm()
     pretrain_lm(texts, tok_dir, tmp_path / "lm", cfg)
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "lm"))
     items = eval_set(3, 1000)
@@ -308,7 +330,7 @@ def test_vqa_weights_steer_the_question_mix_and_layout_turns_write_the_scene_out
     import random
 
     from training.datagen.world import make_scene
-    from training.demo.corpus import LAYOUT_REQUESTS, DataMix, _vqa_turns, scene_text
+    from training.demo.corpus import LAYOUT_REQUESTS, _vqa_turns, scene_text
 
     def kinds(weights):
         rng, out = random.Random(0), []
@@ -325,14 +347,14 @@ def test_vqa_weights_steer_the_question_mix_and_layout_turns_write_the_scene_out
     assert "layout" not in even and heavy.count("layout") > 100
     assert heavy.count("position") / len(heavy) > 1.8 * even.count("position") / len(even)
     with pytest.raises(ValueError, match="unknown kind 'where'"):
-        DataMix(vqa_weights={"where": 2})
+        plain_mix(vqa_weights={"where": 2})
 
 
 def test_layout_captions_add_a_stage1_record_per_scene_with_every_region(tmp_path):
-    from training.demo.corpus import DataMix, build_dataset, make_scenes
+    from training.demo.corpus import build_dataset, make_scenes
 
     scenes = make_scenes(0, 6)
-    info = build_dataset(tmp_path, scenes, 32, seed=0, mix=DataMix(layout_captions=1.0))
+    info = build_dataset(tmp_path, scenes, 32, seed=0, mix=plain_mix(layout_captions=1.0))
     recs = json.loads((tmp_path / "stage1.json").read_text())
     assert info["stage1"] == 12
     layout = {r["id"].split("-")[0]: r["conversations"][1]["value"] for r in recs if "-layout" in r["id"]}
@@ -341,42 +363,18 @@ def test_layout_captions_add_a_stage1_record_per_scene_with_every_region(tmp_pat
         assert regions == [o.region for o in s.objects]
 
 
-def test_describe_records_come_from_their_own_stream_and_name_exactly_the_scene(tmp_path):
-    from collections import Counter
-
-    from training.datagen.teacher import ASK
-    from training.demo.corpus import DataMix, build_dataset, make_scenes
-    from training.demo.evaluate import inventory
-
-    scenes = make_scenes(0, 12)
-    build_dataset(tmp_path / "plain", scenes, 32, seed=0)
-    info = build_dataset(tmp_path / "more", scenes, 32, seed=0, mix=DataMix(describe=1.0))
-    assert info["stage2_kinds"]["describe"] == 12
-    for name in ("stage1.json", "listing.json", "lookup.json"):  # the other files are untouched
-        assert (tmp_path / "plain" / name).read_text() == (tmp_path / "more" / name).read_text()
-    plain = json.loads((tmp_path / "plain" / "stage2.json").read_text())
-    more = json.loads((tmp_path / "more" / "stage2.json").read_text())
-    extra = [r for r in more if "-describe" in r["id"]]
-    assert sorted(map(json.dumps, plain)) == sorted(json.dumps(r) for r in more if "-describe" not in r["id"])
-    by_key = {s.key: s for s in scenes}
-    for r in extra:
-        scene = by_key[r["id"].split("-")[0]]
-        (human, gpt) = r["conversations"]
-        assert human["value"].splitlines()[1] in ASK["description"]
-        assert inventory(gpt["value"]) == Counter((o.colour, o.shape) for o in scene.objects)
-
-
 def test_description_order_changes_only_stage2_texts(tmp_path):
     from collections import Counter
 
+    from training.datagen.teacher import ASK
     from training.datagen.world import COLOURS
-    from training.demo.corpus import DataMix, build_dataset, make_scenes, text_corpus
+    from training.demo.corpus import build_dataset, make_scenes, text_corpus
     from training.demo.evaluate import inventory
 
     scenes = make_scenes(0, 40)
-    mix = DataMix(vqa=1.0, describe=1.0, conversation=1.0, counting=0.5)
+    mix = plain_mix(conversation=1.0, counting=0.5)
     build_dataset(tmp_path / "reading", scenes, 32, seed=0, mix=mix)
-    kind_mix = DataMix(vqa=1.0, describe=1.0, conversation=1.0, counting=0.5, description_order="kind")
+    kind_mix = plain_mix(conversation=1.0, counting=0.5, description_order="kind")
     build_dataset(tmp_path / "kind", scenes, 32, seed=0, mix=kind_mix)
     for name in ("stage1.json", "listing.json", "lookup.json", "relation.json"):  # captions keep reading order
         assert (tmp_path / "reading" / name).read_text() == (tmp_path / "kind" / name).read_text()
@@ -385,33 +383,34 @@ def test_description_order_changes_only_stage2_texts(tmp_path):
     kind = json.loads((tmp_path / "kind" / "stage2.json").read_text())
     assert [r["id"] for r in reading] == [r["id"] for r in kind]  # same records, same draws: only texts differ
     by_key = {s.key: s for s in scenes}
-    changed = 0
+    changed = described = 0
     for a, b in zip(reading, kind):
         for ta, tb in zip(a["conversations"], b["conversations"]):
             if ta["value"] == tb["value"]:
                 continue
             changed += 1
             assert inventory(ta["value"]) == inventory(tb["value"])  # the same facts, reordered
-        for turn in b["conversations"]:
-            if "-describe" in b["id"] and turn["from"] == "gpt":
+        for question, turn in zip(b["conversations"][::2], b["conversations"][1::2]):
+            if question["value"].splitlines()[-1] in ASK["description"]:  # a brief description in a VQA chat
+                described += 1
                 named = inventory(turn["value"])  # kind → count, in the order the text names them
                 assert named == Counter((o.colour, o.shape) for o in by_key[b["id"].split("-")[0]].objects)
                 ranks = [list(COLOURS).index(c) for c, _ in named]
                 assert ranks == sorted(ranks)
-    assert changed > 10
+    assert changed > 10 and described > 10
     with pytest.raises(ValueError, match="description_order"):
-        DataMix(description_order="size")
+        plain_mix(description_order="size")
 
 
 def test_relation_curriculum_asks_only_relations_and_answers_them_from_the_grid(tmp_path):
     import re
 
     from training.datagen.world import referable
-    from training.demo.corpus import SHORT_ANSWER, DataMix, build_dataset, make_scenes
+    from training.demo.corpus import SHORT_ANSWER, build_dataset, make_scenes
 
     scenes = make_scenes(0, 30)
-    build_dataset(tmp_path / "plain", scenes, 32, seed=0)
-    info = build_dataset(tmp_path / "more", scenes, 32, seed=0, mix=DataMix(relations=1.0))
+    build_dataset(tmp_path / "plain", scenes, 32, seed=0, mix=plain_mix())
+    info = build_dataset(tmp_path / "more", scenes, 32, seed=0, mix=plain_mix(relations=1.0))
     for name in ("stage1.json", "listing.json", "lookup.json", "relation.json"):  # own streams: untouched
         assert (tmp_path / "plain" / name).read_text() == (tmp_path / "more" / name).read_text()
     more = json.loads((tmp_path / "more" / "stage2.json").read_text())
@@ -449,11 +448,11 @@ def test_counting_records_list_every_matching_place_and_count_them(tmp_path):
     import re
 
     from training.datagen.world import COLOURS, SHAPES
-    from training.demo.corpus import SHORT_ANSWER, DataMix, build_dataset, make_scenes
+    from training.demo.corpus import SHORT_ANSWER, build_dataset, make_scenes
 
     scenes = make_scenes(0, 40)
-    build_dataset(tmp_path / "plain", scenes, 32, seed=0)
-    build_dataset(tmp_path / "more", scenes, 32, seed=0, mix=DataMix(counting=1.0))
+    build_dataset(tmp_path / "plain", scenes, 32, seed=0, mix=plain_mix())
+    build_dataset(tmp_path / "more", scenes, 32, seed=0, mix=plain_mix(counting=1.0))
     for name in ("stage1.json", "listing.json", "lookup.json", "relation.json"):  # own stream: untouched
         assert (tmp_path / "plain" / name).read_text() == (tmp_path / "more" / name).read_text()
     more = json.loads((tmp_path / "more" / "stage2.json").read_text())
@@ -507,13 +506,11 @@ def test_perfect_tower_features_say_exactly_what_is_in_each_cell():
 
 
 def test_perfect_tower_harness_trains_and_asks_the_eval_questions(toy, tmp_path):
-    from training.demo.lm_pretrain import LMConfig, pretrain_lm
+    from training.demo.lm_pretrain import pretrain_lm
     from training.demo.probes.perfect_tower import PerfectTowerConfig, run
 
     root, _, texts, tok_dir = toy
-    pretrain_lm(texts, tok_dir, tmp_path / "lm", LMConfig(hidden_size=64, intermediate_size=128, num_layers=2,
-                                                           num_heads=2, num_kv_heads=2, seq_len=64, batch_size=4,
-                                                           steps=2, warmup=1))
+    pretrain_lm(texts, tok_dir, tmp_path / "lm", toy_lm(steps=2))
     cfg = PerfectTowerConfig(steps=2, batch_size=4, group_steps=2, eval_n=2)
     result = run(tmp_path / "lm", root / "data" / "stage2.json", cfg)
     assert len(result.items) >= 10 and {it["type"] for it in result.items} >= {"colour", "position"}
@@ -525,13 +522,11 @@ def test_lookup_probe_asks_one_position_question_in_each_form_and_trains(toy, tm
 
     from training.datagen import teacher
     from training.datagen.world import CELL_OF_REGION, make_scene, referable
-    from training.demo.lm_pretrain import LMConfig, pretrain_lm
+    from training.demo.lm_pretrain import pretrain_lm
     from training.demo.probes.lookup_probe import BAG_LEVEL, ProbeConfig, encode_example, encode_listing, probe
 
     _, _, texts, tok_dir = toy
-    pretrain_lm(texts, tok_dir, tmp_path / "lm", LMConfig(hidden_size=64, intermediate_size=128, num_layers=2,
-                                                           num_heads=2, num_kv_heads=2, seq_len=64, batch_size=4,
-                                                           steps=2, warmup=1))
+    pretrain_lm(texts, tok_dir, tmp_path / "lm", toy_lm(steps=2))
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "lm"))
     image_id = tok.convert_tokens_to_ids("<image>")
     scene = next(s for i in range(50) if len((s := make_scene(0, i)).objects) >= 3)
@@ -573,13 +568,11 @@ def _tiny_tower(path, patch_size):
 
 def test_lookup_probe_reads_a_real_towers_tokens(toy, tmp_path):
     from training.datagen.world import make_scene
-    from training.demo.lm_pretrain import LMConfig, pretrain_lm
+    from training.demo.lm_pretrain import pretrain_lm
     from training.demo.probes.lookup_probe import ProbeConfig, TowerFeatures, main, probe
 
     _, _, texts, tok_dir = toy
-    pretrain_lm(texts, tok_dir, tmp_path / "lm", LMConfig(hidden_size=64, intermediate_size=128, num_layers=2,
-                                                           num_heads=2, num_kv_heads=2, seq_len=64, batch_size=4,
-                                                           steps=1, warmup=1))
+    pretrain_lm(texts, tok_dir, tmp_path / "lm", toy_lm(steps=1))
     tower = _tiny_tower(tmp_path / "tower", 10)  # 30 px, patch 10: one token per grid cell
     feats = TowerFeatures(tower)
     a, b = feats(make_scene(0, 1)), feats(make_scene(0, 2))
@@ -602,13 +595,12 @@ def test_each_llava_stage_starts_from_the_last_stage_before_it_that_the_recipe_r
 
     def starts(c):
         r = Recipe(c, tmp_path, tmp_path / "out", {})
-        return [r._previous(s).name for s in ("listing", "lookup", "relation", "stage2", "relation2", "final")]
+        return [r._previous(s).name for s in ("listing", "lookup", "stage2", "relation2", "final")]
 
-    assert starts(cfg) == ["stage1", "listing", "lookup", "relation", "stage2", "relation2"]
-    assert starts(replace(cfg, relation="")) == ["stage1", "listing", "lookup", "lookup", "stage2", "relation2"]
-    assert starts(replace(cfg, listing="")) == ["stage1", "stage1", "lookup", "relation", "stage2", "relation2"]
-    assert starts(replace(cfg, lookup="")) == ["stage1", "listing", "listing", "relation", "stage2", "relation2"]
-    assert starts(replace(cfg, listing="", lookup="", relation="")) == ["stage1"] * 4 + ["stage2", "relation2"]
+    assert starts(cfg) == ["stage1", "listing", "lookup", "stage2", "relation2"]
+    assert starts(replace(cfg, listing="")) == ["stage1", "stage1", "lookup", "stage2", "relation2"]
+    assert starts(replace(cfg, lookup="")) == ["stage1", "listing", "listing", "stage2", "relation2"]
+    assert starts(replace(cfg, listing="", lookup="")) == ["stage1"] * 3 + ["stage2", "relation2"]
     # without the second pass, stage 2's model is the bundle's; the second pass's own data files are the first's
     assert starts(replace(cfg, relation2=""))[-1] == "stage2"
     assert Recipe(cfg, tmp_path, tmp_path / "out", {})._last_llava().name == "final"
@@ -617,7 +609,7 @@ def test_each_llava_stage_starts_from_the_last_stage_before_it_that_the_recipe_r
         "skipped": "no stages.lookup in the recipe"}
 
 
-@pytest.mark.parametrize("stage", ["stage1", "listing", "lookup", "relation", "stage2", "relation2", "final"])
+@pytest.mark.parametrize("stage", ["stage1", "listing", "lookup", "stage2", "relation2", "final"])
 def test_command_line_overrides_reach_their_stage(stage, tmp_path, capsys):
     from training.demo.recipe import main
 

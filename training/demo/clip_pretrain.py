@@ -31,35 +31,35 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ClipConfig:
-    """Shape and schedule of the stand-in CLIP."""
+    """Shape and schedule of the stand-in CLIP. No defaults: the recipe's values are in recipe.yaml (`clip:`)."""
 
-    image_size: int = 64
-    patch_size: int = 8  # (64/8)^2 = 64 patch tokens + CLS
-    hidden_size: int = 192
-    intermediate_size: int = 768
-    num_layers: int = 4
-    num_heads: int = 4
-    text_hidden_size: int = 128
-    text_layers: int = 2
-    text_max_len: int = 64  # caption tokens, longer captions are cut (EOS kept)
-    projection_dim: int = 128
-    batch_size: int = 128
-    steps: int = 400
-    lr: float = 1e-3
-    warmup: int = 40
-    weight_decay: float = 0.1
-    region_weight: float = 1.0  # weight of the region–phrase term (0: whole-image captions only)
-    region_max_len: int = 8  # phrase tokens
+    image_size: int
+    patch_size: int  # (image_size / patch_size)^2 patch tokens + CLS
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    text_hidden_size: int
+    text_layers: int
+    text_max_len: int  # caption tokens, longer captions are cut (EOS kept)
+    projection_dim: int
+    batch_size: int
+    steps: int
+    lr: float
+    warmup: int
+    weight_decay: float
+    region_weight: float  # weight of the region–phrase term (0: whole-image captions only)
+    region_max_len: int  # phrase tokens
     # weight of the hard-negative term: each region against its own phrase and the phrases the caller gives as
     # its hard negatives (the recipe: the same phrase with another shape). In-batch negatives almost always
     # differ in colour or place already, so without it nothing pushes the tower to tell small shapes apart.
-    hard_negative_weight: float = 0.0
+    hard_negative_weight: float
     # read by the recipe: also pair every empty grid cell with "<region>: empty" (`corpus.region_phrases`)
-    empty_regions: bool = False
+    empty_regions: bool
     # std of the initial position embeddings. CLIP's 0.02 (a norm of ~0.2 at width 128) is tiny next to a trained
     # patch embedding (norm ~25): within a few hundred steps a token never learns its place (docs/demo-model.md).
-    position_init_std: float = 0.02
-    seed: int = 0
+    position_init_std: float
+    seed: int
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:

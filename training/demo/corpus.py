@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,26 +57,26 @@ RELATION_RECORDS = 2  # relation and relative-position records per image in `rel
 
 @dataclass(frozen=True)
 class DataMix:
-    """How many stage-2 records of each kind, per rendered scene (fractions may exceed 1: reuse images)."""
+    """How many stage-2 records of each kind, per rendered scene (fractions may exceed 1: reuse images). No defaults:
+    the recipe's values are in recipe.yaml (`mix:`)."""
 
-    vqa: float = 1.0  # multi-turn short-answer records
-    vqa_turns: tuple[int, int] = (3, 8)  # questions per VQA record (min, max)
+    vqa: float  # multi-turn short-answer records
+    vqa_turns: tuple[int, int]  # questions per VQA record (min, max)
     # how often each question kind comes up in a VQA record, relative to 1 for kinds not named; kinds are
     # QTYPES plus "layout" (where is each shape: the written-out scene, `LAYOUT_REQUESTS`)
-    vqa_weights: dict[str, int] = field(default_factory=dict)
-    layout_captions: float = 0.0  # stage-1 records per scene whose caption is the written-out scene
-    describe: float = 0.0  # extra stage-2 records per scene that only ask for a brief description (own stream)
-    relations: float = 0.0  # extra stage-2 records per scene like `relation.json`'s (own stream): keeps the skill
-    counting: float = 0.0  # extra stage-2 records per scene of "where are the circles?" and counts (own stream)
+    vqa_weights: dict[str, int]
+    layout_captions: float  # stage-1 records per scene whose caption is the written-out scene
+    relations: float  # extra stage-2 records per scene like `relation.json`'s (own stream): keeps the skill
+    counting: float  # extra stage-2 records per scene of "where are the circles?" and counts (own stream)
     # how stage 2's captions and descriptions order their kinds (`teacher.KIND_ORDERS`); stage 1, the curriculum and
     # the base LLaMA's text keep reading order either way
-    description_order: str = "reading"
-    conversation: float = 0.25
-    detail: float = 0.1
-    complex_reasoning: float = 0.1
+    description_order: str
+    conversation: float  # the paper's three response types, from the rule-based teacher
+    detail: float
+    complex_reasoning: float
     # the share of stage 2's and the base LLaMA's evaluation-type questions asked in `phrasings.NATURAL_ASK`'s
     # wordings, typed casually; half of those come without the short-answer instruction and get a sentence
-    natural: float = 0.0
+    natural: float
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.vqa_weights) - set(VQA_KINDS))
@@ -233,7 +233,7 @@ def _question_chats(scene: Scene, image: str, tag: str, n: int, rng: random.Rand
 
 
 def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int, seed: int,
-                  mix: DataMix = DataMix()) -> dict[str, Any]:
+                  mix: DataMix) -> dict[str, Any]:
     """Render `scenes` to `out_dir/images/*.png` and write `stage1.json`, the curriculum's `listing.json` and
     `lookup.json`, and `stage2.json`; return counts."""
     out = Path(out_dir)
@@ -241,7 +241,6 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
     rng = random.Random(f"demo-data:{seed}")
     # the curriculum's data draws from its own random streams, so stage 1's and stage 2's records stay as they were
     listing_rng, lookup_rng = random.Random(f"demo-listing:{seed}"), random.Random(f"demo-lookup:{seed}")
-    describe_rng = random.Random(f"demo-describe:{seed}")
     relation_rng, relations_rng = random.Random(f"demo-relation:{seed}"), random.Random(f"demo-relations:{seed}")
     counting_rng = random.Random(f"demo-counting:{seed}")
     stage1, stage2, listings, lookups, relations = [], [], [], [], []
@@ -256,9 +255,6 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
             stage1.append(_record(f"{scene.key}-layout{i}", name, [(rng.choice(LAYOUT_REQUESTS), scene_text(scene))]))
         with teacher.kind_order(mix.description_order):  # the order changes text only, never a random draw
             stage2.extend(stage2_records(scene, name, rng, mix))
-            for i in range(_count(mix.describe, describe_rng)):
-                turn = _vqa_turn(scene, describe_rng, "description")
-                stage2.append(_record(f"{scene.key}-describe{i}", name, [turn]))
             stage2.extend(_question_chats(scene, name, "relations", _count(mix.relations, relations_rng),
                                           relations_rng, ONLY_RELATIONS, mix, mix.natural))
             stage2.extend(_question_chats(scene, name, "counting", _count(mix.counting, counting_rng), counting_rng,
@@ -347,7 +343,7 @@ def grounded_prompt(scene: Scene, question: str) -> Doc:
     return [(p.text, p.trainable) for p in get_template("vicuna_v1").render([turn], add_generation_prompt=True)]
 
 
-def text_corpus(scenes: Sequence[Scene], seed: int, mix: DataMix = DataMix()) -> list[str | Doc]:
+def text_corpus(scenes: Sequence[Scene], seed: int, mix: DataMix) -> list[str | Doc]:
     """World text for the tokenizer and the base LLaMA, one document per entry. Per scene: a chat of short
     questions and one of the paper's response types (conversation, detail, complex reasoning), both grounded
     in the scene written out (`grounded_chat`), and a caption. Questions never come without their scene:

@@ -29,23 +29,23 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class LMConfig:
-    """Shape and schedule of the base language model."""
+    """Shape and schedule of the base language model. No defaults: the recipe's values are in recipe.yaml (`lm:`)."""
 
-    hidden_size: int = 256  # multiples of 256 let q4_k_m use real K-quants
-    intermediate_size: int = 768
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 4
-    max_position_embeddings: int = 512
-    seq_len: int = 128  # packed row length in tokens
-    batch_size: int = 32  # rows per step
-    steps: int = 600
-    lr: float = 2e-3
-    warmup: int = 50
-    weight_decay: float = 0.05
-    seed: int = 0
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    max_position_embeddings: int
+    seq_len: int  # packed row length in tokens
+    batch_size: int  # rows per step
+    steps: int
+    lr: float
+    warmup: int
+    weight_decay: float
+    seed: int
     # "bf16": autocast matmuls to bfloat16 (fp32 master weights and loss). On a CPU with AVX512-BF16 it trains
-    # the tiny LLaMA ~1.5x faster; "fp32" everywhere else is the safe default.
+    # the tiny LLaMA ~1.5x faster; "fp32" everywhere else is the safe default. Set by the recipe's `precision`.
     precision: str = "fp32"
 
     def __post_init__(self) -> None:

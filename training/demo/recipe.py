@@ -6,7 +6,7 @@ bundle manifest's provenance (recipe, config, data seed). Fixed seeds everywhere
 equivalent model (bit-identical only with the same torch build and thread count).
 
 Stages (`--from STAGE` restarts at a stage, reusing the work dir's earlier outputs):
-1. data       render `world.scenes` scenes of world `world.seed`; LLaVA JSON for stage 1 and stage 2
+1. data       render `world.scenes` scenes of world `world.seed`; LLaVA JSON for every LLaVA stage
 2. tokenizer  SentencePiece with LLaMA's settings on the world's text (`training.tokenizer`)
 3. lm         pretrain a small LlamaForCausalLM on that text, chats grounded in written-out scenes (`lm_pretrain`)
 4. clip       pretrain a small CLIP ViT contrastively on image–caption and region–phrase pairs (`clip_pretrain`)
@@ -16,16 +16,15 @@ Stages (`--from STAGE` restarts at a stage, reusing the work dir's earlier outpu
               image token
 7. lookup     curriculum, part 2, when `stages.lookup` names a preset (`demo-lookup`: projector + LLM on
               `lookup.json`): questions that ask only where a named object is, so the lookup carries over to them
-8. relation   curriculum, part 3, when `stages.relation` names a preset (`demo-relation`: projector + LLM on
-              `relation.json`): where one object is relative to another, and yes/no relations
-9. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM), from the last of stage1 and the curriculum run
-10. relation2 a second relation stage, from stage 2's model, when `stages.relation2` names a preset (on
-              `relation.json`): from a stage-2 model the relation comparison forms reliably, from the lookup stage
-              it often does not (three of four relation stages from the lookup stage never left their loss
-              plateau; from a stage-2 model it reached 98.7%: docs/demo-model-history.md, thirteenth round)
-11. final     stage 2 again, from relation2, when `stages.final` names a preset (on `stage2.json`)
-12. convert   `llava-local convert` of the last LLaVA stage run (final, else stage2) → quantized GGUF + ONNX bundle
-13. eval      held-out scenes through the bundle (llava_local ChatSession) and the torch model
+8. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM), from the last of stage1 and the curriculum run
+9. relation2  a relation stage, from stage 2's model, when `stages.relation2` names a preset (`demo-relation` on
+              `relation.json`: where one object is relative to another, and yes/no relations). From a stage-2 model
+              the relation comparison forms reliably; from the lookup stage it often does not (three of four such
+              stages never left their loss plateau: docs/demo-model-history.md, thirteenth round)
+10. final     stage 2 again, from relation2, when `stages.final` names a preset (on `stage2.json`)
+11. convert   `llava-local convert` of the last LLaVA stage run (final, else stage2) → quantized GGUF + ONNX bundle
+12. eval      held-out scenes, in the teacher's and in held-out wordings, through the bundle (llava_local
+              ChatSession) and the torch model
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +49,9 @@ from .lm_pretrain import LMConfig
 log = logging.getLogger("training.demo.recipe")
 
 RECIPE_YAML = Path(__file__).with_name("recipe.yaml")
-STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "listing", "lookup", "relation", "stage2", "relation2", "final",
-          "convert", "eval")
-CURRICULUM = ("listing", "lookup", "relation")  # optional stages between stage 1 and stage 2, in order
+STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "listing", "lookup", "stage2", "relation2", "final", "convert",
+          "eval")
+CURRICULUM = ("listing", "lookup")  # optional stages between stage 1 and stage 2, in order
 SECOND_PASS = ("relation2", "final")  # optional stages after stage 2, in order
 LLAVA_STAGES = ("stage1", *CURRICULUM, "stage2", *SECOND_PASS)  # the stages that train LLaVA, in STAGES order
 DATA_OF = {"relation2": "relation", "final": "stage2"}  # stages that reuse another stage's data file
@@ -70,27 +69,27 @@ SUGGESTED_PROMPTS = (
 
 @dataclass(frozen=True)
 class RecipeConfig:
-    """training/demo/recipe.yaml, parsed."""
+    """training/demo/recipe.yaml, parsed. No defaults: the YAML states every value (`load_recipe` refuses a missing
+    one), so there is one place where the recipe is written down."""
 
-    world_seed: int = 0
-    scenes: int = 12000
-    image_size: int = 96
-    mix: DataMix = field(default_factory=DataMix)
-    vocab_size: int = 1024
-    lm: LMConfig = field(default_factory=LMConfig)
-    clip: ClipConfig = field(default_factory=ClipConfig)
-    stage1: str = "demo-stage1"
-    listing: str = ""  # curriculum presets between stage 1 and stage 2; empty: that stage is left out
-    lookup: str = ""
-    relation: str = ""
-    stage2: str = "demo-stage2"
-    relation2: str = ""  # second pass after stage 2; empty: left out
-    final: str = ""
-    quant: str = "q8_0"
-    eval_seed: int = 1000
-    eval_n: int = 300
+    world_seed: int
+    scenes: int
+    image_size: int
+    mix: DataMix
+    vocab_size: int
+    lm: LMConfig
+    clip: ClipConfig
+    stage1: str
+    listing: str  # curriculum presets between stage 1 and stage 2; empty: that stage is left out
+    lookup: str
+    stage2: str
+    relation2: str  # second pass after stage 2; empty: left out
+    final: str
+    quant: str
+    eval_seed: int
+    eval_n: int
     # lm and the LLaVA stages: "bf16" autocast, "fp32", or "auto" (bf16 where the CPU multiplies bf16 natively)
-    precision: str = "fp32"
+    precision: str
     # `--scale`: the LLaVA stages' `optim.max_steps` are multiplied by it too (the presets hold the full counts)
     stage_scale: float = 1.0
 
@@ -103,37 +102,57 @@ class RecipeConfig:
             raise UsageError("eval.seed must differ from world.seed (the eval uses held-out scenes)")
 
 
-def _dc(cls: type, data: dict[str, Any], where: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    bad = sorted(set(data) - known)
-    if bad:
+def _section(d: dict[str, Any], key: str) -> dict[str, Any]:
+    value = d.get(key)
+    if not isinstance(value, dict):
+        raise UsageError(f"recipe: section {key!r} is missing")
+    return value
+
+
+def _dc(cls: type, data: dict[str, Any], where: str, set_elsewhere: tuple[str, ...] = ()) -> Any:
+    """`cls` from a YAML section that names every field (but `set_elsewhere`) and nothing else."""
+    known = {f.name for f in fields(cls)} - set(set_elsewhere)
+    if bad := sorted(set(data) - known):
         raise UsageError(f"{where}: unknown key {bad[0]!r}; known: {', '.join(sorted(known))}")
+    if missing := sorted(known - set(data)):
+        raise UsageError(f"{where}: missing {', '.join(missing)} (the recipe states every value)")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def load_recipe(path: str | Path = RECIPE_YAML, scale: float = 1.0) -> RecipeConfig:
-    """Read the recipe YAML; `scale` < 1 shrinks scenes and step counts for a quick trial run."""
+    """Read the recipe YAML, which states every value; `scale` < 1 shrinks scenes and step counts for a quick trial
+    run."""
     import yaml
 
     d = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    w, e, st = d.get("world", {}), d.get("eval", {}), d.get("stages", {})
     if "precision" in d.get("lm", {}):  # one owner: the recipe applies its precision to every stage
         raise UsageError("lm: precision is set for the whole recipe (top-level `precision`), not per stage")
-    lm = _dc(LMConfig, d.get("lm", {}), "lm")
-    clip = _dc(ClipConfig, d.get("clip", {}), "clip")
-    scenes = int(w.get("scenes", 12000))
+    lm = _dc(LMConfig, _section(d, "lm"), "lm", set_elsewhere=("precision",))
+    clip = _dc(ClipConfig, _section(d, "clip"), "clip")
+    world = _section(d, "world")
+    stages = {"stage1": "", "stage2": "", **{s: None for s in (*CURRICULUM, *SECOND_PASS)}} | _section(d, "stages")
+    top = {"world": {"seed", "scenes", "image_size"}, "tokenizer": {"vocab_size"}, "convert": {"quant"},
+           "eval": {"seed", "n"}, "stages": set(stages)}
+    for name, keys in top.items():
+        section = _section(d, name)
+        if bad := sorted(set(section) - keys):
+            raise UsageError(f"{name}: unknown key {bad[0]!r}; known: {', '.join(sorted(keys))}")
+        if missing := sorted(keys - set(section) - ({*CURRICULUM, *SECOND_PASS} if name == "stages" else set())):
+            raise UsageError(f"{name}: missing {', '.join(missing)} (the recipe states every value)")
+    if "precision" not in d:
+        raise UsageError("recipe: missing precision (the recipe states every value)")
+    scenes = int(world["scenes"])
     if scale != 1.0:
         lm = replace(lm, steps=max(20, int(lm.steps * scale)), warmup=max(5, int(lm.warmup * scale)))
         clip = replace(clip, steps=max(20, int(clip.steps * scale)), warmup=max(5, int(clip.warmup * scale)))
         scenes = max(256, int(scenes * scale))
     return RecipeConfig(
-        world_seed=int(w.get("seed", 0)), scenes=scenes, image_size=int(w.get("image_size", 96)),
-        mix=_dc(DataMix, d.get("mix", {}), "mix"), vocab_size=int(d.get("tokenizer", {}).get("vocab_size", 1024)),
-        lm=lm, clip=clip, stage1=st.get("stage1", "demo-stage1"), stage2=st.get("stage2", "demo-stage2"),
-        **{s: st.get(s) or "" for s in (*CURRICULUM, *SECOND_PASS)},  # optional stages: empty leaves one out
-        quant=d.get("convert", {}).get("quant", "q8_0"),
-        eval_seed=int(e.get("seed", 1000)), eval_n=int(e.get("n", 300)), precision=str(d.get("precision", "fp32")),
-        stage_scale=scale,
+        world_seed=int(world["seed"]), scenes=scenes, image_size=int(world["image_size"]),
+        mix=_dc(DataMix, _section(d, "mix"), "mix"), vocab_size=int(d["tokenizer"]["vocab_size"]),
+        lm=lm, clip=clip, stage1=stages["stage1"], stage2=stages["stage2"],
+        **{s: stages[s] or "" for s in (*CURRICULUM, *SECOND_PASS)},  # optional stages: empty leaves one out
+        quant=d["convert"]["quant"], eval_seed=int(d["eval"]["seed"]), eval_n=int(d["eval"]["n"]),
+        precision=str(d["precision"]), stage_scale=scale,
     )
 
 
@@ -267,9 +286,6 @@ class Recipe:
 
     def stage_lookup(self) -> dict[str, Any]:
         return self._curriculum("lookup")
-
-    def stage_relation(self) -> dict[str, Any]:
-        return self._curriculum("relation")
 
     def _curriculum(self, stage: str) -> dict[str, Any]:
         preset = getattr(self.cfg, stage)
