@@ -50,7 +50,7 @@ def test_recipe_yaml_and_stage_presets_validate():
     s1, s2 = load_config(cfg.stage1), load_config(cfg.stage2)
     assert (s1.stage, s1.model.template, s2.stage, s2.model.template) == (1, "plain", 2, "vicuna_v1")
     listing, lookup = load_config(cfg.listing), load_config(cfg.lookup)  # the curriculum trains the LLM too
-    relation = load_config(cfg.relation2)
+    relation = load_config(cfg.relation)
     assert (listing.optim.schedule, lookup.optim.schedule, relation.optim.schedule, s2.optim.schedule) == (
         "constant", "constant", "constant", "wsd")
     assert cfg.clip.empty_regions
@@ -58,8 +58,9 @@ def test_recipe_yaml_and_stage_presets_validate():
     assert (lookup.stage, lookup.model.template, Path(lookup.data.json).name) == (2, "vicuna_v1", "lookup.json")
     assert (relation.stage, relation.model.template, Path(relation.data.json).name) == (2, "vicuna_v1",
                                                                                        "relation.json")
-    assert cfg.final == cfg.stage2  # the second pass ends on stage 2's preset again
-    order = [STAGES.index(s) for s in ("stage1", "listing", "lookup", "stage2", "relation2", "final", "convert")]
+    assert (cfg.relation2, cfg.final) == (cfg.relation, cfg.stage2)  # the second pass repeats the two presets
+    order = [STAGES.index(s) for s in ("stage1", "listing", "lookup", "relation", "stage2", "relation2", "final",
+                                       "convert")]
     assert order == sorted(order)
     assert STAGES[0] == "data" and STAGES[-1] == "eval"
 
@@ -595,12 +596,13 @@ def test_each_llava_stage_starts_from_the_last_stage_before_it_that_the_recipe_r
 
     def starts(c):
         r = Recipe(c, tmp_path, tmp_path / "out", {})
-        return [r._previous(s).name for s in ("listing", "lookup", "stage2", "relation2", "final")]
+        return [r._previous(s).name for s in ("listing", "lookup", "relation", "stage2", "relation2", "final")]
 
-    assert starts(cfg) == ["stage1", "listing", "lookup", "stage2", "relation2"]
-    assert starts(replace(cfg, listing="")) == ["stage1", "stage1", "lookup", "stage2", "relation2"]
-    assert starts(replace(cfg, lookup="")) == ["stage1", "listing", "listing", "stage2", "relation2"]
-    assert starts(replace(cfg, listing="", lookup="")) == ["stage1"] * 3 + ["stage2", "relation2"]
+    assert starts(cfg) == ["stage1", "listing", "lookup", "relation", "stage2", "relation2"]
+    assert starts(replace(cfg, relation="")) == ["stage1", "listing", "lookup", "lookup", "stage2", "relation2"]
+    assert starts(replace(cfg, listing="")) == ["stage1", "stage1", "lookup", "relation", "stage2", "relation2"]
+    assert starts(replace(cfg, lookup="")) == ["stage1", "listing", "listing", "relation", "stage2", "relation2"]
+    assert starts(replace(cfg, listing="", lookup="", relation="")) == ["stage1"] * 4 + ["stage2", "relation2"]
     # without the second pass, stage 2's model is the bundle's; the second pass's own data files are the first's
     assert starts(replace(cfg, relation2=""))[-1] == "stage2"
     assert Recipe(cfg, tmp_path, tmp_path / "out", {})._last_llava().name == "final"
@@ -609,7 +611,7 @@ def test_each_llava_stage_starts_from_the_last_stage_before_it_that_the_recipe_r
         "skipped": "no stages.lookup in the recipe"}
 
 
-@pytest.mark.parametrize("stage", ["stage1", "listing", "lookup", "stage2", "relation2", "final"])
+@pytest.mark.parametrize("stage", ["stage1", "listing", "lookup", "relation", "stage2", "relation2", "final"])
 def test_command_line_overrides_reach_their_stage(stage, tmp_path, capsys):
     from training.demo.recipe import main
 

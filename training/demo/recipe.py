@@ -16,14 +16,16 @@ Stages (`--from STAGE` restarts at a stage, reusing the work dir's earlier outpu
               image token
 7. lookup     curriculum, part 2, when `stages.lookup` names a preset (`demo-lookup`: projector + LLM on
               `lookup.json`): questions that ask only where a named object is, so the lookup carries over to them
-8. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM), from the last of stage1 and the curriculum run
-9. relation2  a relation stage, from stage 2's model, when `stages.relation2` names a preset (`demo-relation` on
-              `relation.json`: where one object is relative to another, and yes/no relations). From a stage-2 model
-              the relation comparison forms reliably; from the lookup stage it often does not (three of four such
-              stages never left their loss plateau: docs/demo-model-history.md, thirteenth round)
-10. final     stage 2 again, from relation2, when `stages.final` names a preset (on `stage2.json`)
-11. convert   `llava-local convert` of the last LLaVA stage run (final, else stage2) → quantized GGUF + ONNX bundle
-12. eval      held-out scenes, in the teacher's and in held-out wordings, through the bundle (llava_local
+8. relation   curriculum, part 3, when `stages.relation` names a preset (`demo-relation`: projector + LLM on
+              `relation.json`): where one object is relative to another, and yes/no relations. From the lookup stage
+              its loss often stays on a plateau, but the second pass's relation stage, after it and stage 2, takes
+              off; without it, the second pass's did not either (docs/demo-model-history.md, fourteenth round)
+9. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM), from the last of stage1 and the curriculum run
+10. relation2 the relation stage again, from stage 2's model, when `stages.relation2` names a preset (on
+              `relation.json`): where the relation comparison forms (thirteenth round)
+11. final     stage 2 again, from relation2, when `stages.final` names a preset (on `stage2.json`)
+12. convert   `llava-local convert` of the last LLaVA stage run (final, else stage2) → quantized GGUF + ONNX bundle
+13. eval      held-out scenes, in the teacher's and in held-out wordings, through the bundle (llava_local
               ChatSession) and the torch model
 """
 
@@ -49,9 +51,9 @@ from .lm_pretrain import LMConfig
 log = logging.getLogger("training.demo.recipe")
 
 RECIPE_YAML = Path(__file__).with_name("recipe.yaml")
-STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "listing", "lookup", "stage2", "relation2", "final", "convert",
-          "eval")
-CURRICULUM = ("listing", "lookup")  # optional stages between stage 1 and stage 2, in order
+STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "listing", "lookup", "relation", "stage2", "relation2", "final",
+          "convert", "eval")
+CURRICULUM = ("listing", "lookup", "relation")  # optional stages between stage 1 and stage 2, in order
 SECOND_PASS = ("relation2", "final")  # optional stages after stage 2, in order
 LLAVA_STAGES = ("stage1", *CURRICULUM, "stage2", *SECOND_PASS)  # the stages that train LLaVA, in STAGES order
 DATA_OF = {"relation2": "relation", "final": "stage2"}  # stages that reuse another stage's data file
@@ -82,6 +84,7 @@ class RecipeConfig:
     stage1: str
     listing: str  # curriculum presets between stage 1 and stage 2; empty: that stage is left out
     lookup: str
+    relation: str
     stage2: str
     relation2: str  # second pass after stage 2; empty: left out
     final: str
@@ -292,6 +295,9 @@ class Recipe:
         if not preset:
             return {"skipped": f"no stages.{stage} in the recipe"}
         return self._train(preset, stage, [f"model.init_from={self._previous(stage)}"])
+
+    def stage_relation(self) -> dict[str, Any]:
+        return self._curriculum("relation")
 
     def stage_stage2(self) -> dict[str, Any]:
         return self._train(self.cfg.stage2, "stage2", [f"model.init_from={self._previous('stage2')}"])
