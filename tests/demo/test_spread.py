@@ -1,0 +1,51 @@
+"""The recipe's seed spread (`training.demo.spread`): its table, its byte comparison of two runs, and that a finished
+seed is read rather than run again. The whole runs are `make demo-model-spread` (hours); these check the bookkeeping."""
+
+from __future__ import annotations
+
+import json
+
+from training.demo.spread import compare, markdown, run_one, summarize
+
+
+def _report(teacher: dict[str, float], heldout: dict[str, float], seconds: float) -> dict:
+    def res(per_type: dict[str, float]) -> dict:
+        return {"per_type": per_type, "overall": sum(per_type.values()) / len(per_type)}
+
+    return {"stages": {"eval": {"bundle": res(teacher), "bundle/heldout": res(heldout)}}, "total_seconds": seconds}
+
+
+def test_summary_has_each_seed_the_mean_and_the_range():
+    reports = {0: _report({"colour": 0.9, "count": 0.6}, {"colour": 0.8, "count": 0.5}, 100.0),
+               1: _report({"colour": 0.7, "count": 0.8}, {"colour": 0.6, "count": 0.7}, 120.0)}
+    s = summarize(reports)
+    colour = s["splits"]["teacher"]["colour"]
+    assert colour == {"by_seed": {0: 90.0, 1: 70.0}, "mean": 80.0, "min": 70.0, "max": 90.0}
+    assert s["splits"]["heldout"]["overall"]["mean"] == 65.0 and s["seconds"] == {0: 100.0, 1: 120.0}
+    table = markdown(s)
+    assert "| colour | 90.0 | 70.0 | 80.0 | 70.0–90.0 |" in table and "heldout wordings:" in table
+
+
+def _run_dir(root, weights: bytes, manifest: str):
+    (root / "bundle").mkdir(parents=True)
+    (root / "final").mkdir()
+    (root / "bundle" / "llm-q8_0.gguf").write_bytes(weights)
+    (root / "bundle" / "manifest.json").write_text(manifest)
+    (root / "final" / "model.safetensors").write_bytes(weights * 2)
+    return root
+
+
+def test_rerun_comparison_sees_a_changed_weight_but_not_timings(tmp_path):
+    a = _run_dir(tmp_path / "a", b"\x01\x02", '{"timings": 1}')
+    same_but_timings = _run_dir(tmp_path / "b", b"\x01\x02", '{"timings": 2}')
+    other = _run_dir(tmp_path / "c", b"\x01\x03", '{"timings": 1}')
+    ok = compare(a, same_but_timings)
+    assert ok["identical"] and ok["files"] == 3 and ok["differ"] == ["bundle/manifest.json"]
+    bad = compare(a, other)
+    assert not bad["identical"] and bad["differ"] == ["bundle/llm-q8_0.gguf", "final/model.safetensors"]
+
+
+def test_a_finished_seed_is_read_not_run(tmp_path):
+    done = _report({"colour": 1.0}, {"colour": 1.0}, 5.0)
+    (tmp_path / "recipe-report.json").write_text(json.dumps(done))
+    assert run_one(7, tmp_path) == done  # no data, no training: it would fail on an empty work dir otherwise
