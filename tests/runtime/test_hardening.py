@@ -39,6 +39,14 @@ def _sh(script: str, home: Path, timeout: float = 120) -> subprocess.CompletedPr
 CLI = f"{sys.executable} -m llava_local.cli"
 
 
+def _default_signals() -> None:
+    """In the child, before exec: SIGINT and SIGTERM as a terminal gives them. A test run started in the background of a
+    script (`make test &`, nohup) ignores SIGINT, and an ignored signal stays ignored across exec, so the signal tests
+    would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 # -- validation -----------------------------------------------------------------------------------------------
 
 FLOAT_FIELDS = [n for n, f in GenerationConfig.__dataclass_fields__.items() if f.type == "float"]
@@ -130,7 +138,7 @@ def test_ctrl_c_while_onnxruntime_loads_is_an_interrupt(tmp_path):
     (tmp_path / "fake" / "onnxruntime" / "__init__.py").write_text(_FAKE_ORT)
     env = {**_env(tmp_path), "PYTHONPATH": f"{tmp_path / 'fake'}{os.pathsep}{REPO}"}
     proc = subprocess.Popen([sys.executable, "-c", _CALL_ORT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=REPO)
+                            text=True, env=env, cwd=REPO, preexec_fn=_default_signals)
     try:
         assert proc.stdout.readline().strip() == "loading"
         proc.send_signal(signal.SIGINT)
@@ -213,7 +221,7 @@ def _wait_blocked_on_stdin(proc: subprocess.Popen, timeout: float = 60) -> None:
 def test_one_shot_signals_exit_codes(rt_bundle, tmp_path, sig, code, word):
     proc = subprocess.Popen([sys.executable, "-m", "llava_local.cli", "chat", "--model", str(rt_bundle)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(tmp_path), cwd=REPO)
+                            env=_env(tmp_path), cwd=REPO, preexec_fn=_default_signals)
     try:
         _wait_blocked_on_stdin(proc)
         proc.send_signal(sig)
