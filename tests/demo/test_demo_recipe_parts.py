@@ -648,3 +648,19 @@ def test_tower_probe_reads_what_the_tokens_hold_and_nothing_else(toy, tmp_path):
     report = probe(_tiny_tower(tmp_path / "tower", 10), train_n=20, test_n=10)
     assert set(report["shape"]["by_size"]) <= {"small", "large"} and 0 <= report["shape"]["accuracy"] <= 1
     assert main([str(tmp_path / "nope")]) == 2
+
+
+def test_the_report_says_whether_the_run_started_from_nothing(tmp_path):
+    """A bundle's manifest carries the report's `run`: one go from nothing is `from: data` into an empty work dir."""
+    from dataclasses import replace
+
+    from training.demo.recipe import Recipe
+
+    cfg = replace(load_recipe(RECIPE_YAML), scenes=3)
+    work = tmp_path / "work"
+    first = Recipe(cfg, work, tmp_path / "out", {}).run("data", "data")
+    assert first["run"] == {"from": "data", "empty_work_dir": True}
+    again = Recipe(cfg, work, tmp_path / "out", {}).run("data", "data")  # same work dir, its data already there
+    assert again["run"] == {"from": "data", "empty_work_dir": False}
+    restart = Recipe(cfg, work, tmp_path / "out", {}).run("tokenizer", "tokenizer")
+    assert restart["run"]["from"] == "tokenizer" and set(restart["stages"]) == {"data", "tokenizer"}

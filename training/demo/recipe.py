@@ -336,7 +336,8 @@ class Recipe:
         prov["source"] = _portable(prov.get("source"), self.work)  # a shipped manifest names no build machine's paths
         prov["recipe"] = {"id": RECIPE_ID, "command": "python -m training.demo.recipe --out models/llava-local-tiny",
                           "config": asdict(self.cfg), "data_seed": self.cfg.world_seed, "precision": self.precision,
-                          "timings_s": {k: v.get("seconds") for k, v in self.report["stages"].items()}}
+                          "timings_s": {k: v.get("seconds") for k, v in self.report["stages"].items()},
+                          "run": self.report.get("run")}
         write_manifest(bundle, replace(m, provenance=prov, suggested_prompts=SUGGESTED_PROMPTS))
 
     def stage_eval(self) -> dict[str, Any]:
@@ -352,6 +353,10 @@ class Recipe:
         return out
 
     def run(self, start: str = "data", stop: str = "eval") -> dict[str, Any]:
+        # how this bundle was made, for its manifest: one run from nothing is `from: data` into an empty work dir;
+        # a restart (`--from STAGE`) or a reused work dir says so
+        fresh = not self.work.exists() or not any(self.work.iterdir())
+        self.report["run"] = {"from": start, "empty_work_dir": fresh}
         self.work.mkdir(parents=True, exist_ok=True)
         for name in STAGES[STAGES.index(start): STAGES.index(stop) + 1]:
             t0, c0 = time.time(), _cpu_seconds()
