@@ -10,38 +10,15 @@ the Modelfile's SYSTEM as the first message), and compare with our own template'
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 
 import pytest
 from go_template_eval import parse_modelfile, render_go_template
+from ollama_store import write_model
 
 from converters.sources import SourceError, render_modelfile, resolve_source
 from llava_local.templates import IMAGE_TOKEN, Turn, get_template
-
-MT = "application/vnd.ollama.image."
-
-
-def _blob(store: Path, data: bytes) -> dict:
-    digest = hashlib.sha256(data).hexdigest()
-    (store / "blobs").mkdir(parents=True, exist_ok=True)
-    (store / "blobs" / f"sha256-{digest}").write_bytes(data)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
-
-
-def _model(store: Path, name: str, tag: str, layers: dict[str, bytes], host: str = "registry.ollama.ai",
-           ns: str = "library") -> None:
-    config = _blob(store, b'{"model_format":"gguf","model_family":"llama"}')
-    manifest = {
-        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", **config},
-        "layers": [{"mediaType": MT + kind, **_blob(store, data)} for kind, data in layers.items()],
-    }
-    path = store / "manifests" / host / ns / name / tag
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest))
-
 
 LLM_BYTES = b"GGUF\x03\x00\x00\x00llm"
 PROJ_BYTES = b"GGUF\x03\x00\x00\x00clip"
@@ -51,11 +28,11 @@ GO_TEMPLATE = "{{ .System }} USER: {{ .Prompt }} ASSISTANT:"
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "ollama-models"
-    _model(root, "llava", "7b", {"model": LLM_BYTES, "projector": PROJ_BYTES, "template": GO_TEMPLATE.encode(),
+    write_model(root, "llava", "7b", {"model": LLM_BYTES, "projector": PROJ_BYTES, "template": GO_TEMPLATE.encode(),
                                  "system": b"Be brief.", "params": b'{"stop":["USER:","ASSISTANT:"],"num_ctx":4096}'})
-    _model(root, "llava", "latest", {"model": LLM_BYTES + b"2", "projector": PROJ_BYTES + b"2"})
-    _model(root, "llama3", "latest", {"model": LLM_BYTES + b"3", "license": b"text"})
-    _model(root, "bakllava", "q4", {"model": LLM_BYTES + b"4", "projector": PROJ_BYTES + b"4"},
+    write_model(root, "llava", "latest", {"model": LLM_BYTES + b"2", "projector": PROJ_BYTES + b"2"})
+    write_model(root, "llama3", "latest", {"model": LLM_BYTES + b"3", "license": b"text"})
+    write_model(root, "bakllava", "q4", {"model": LLM_BYTES + b"4", "projector": PROJ_BYTES + b"4"},
            host="example.com:5000", ns="me")
     monkeypatch.setenv("OLLAMA_MODELS", str(root))
     return root
@@ -109,7 +86,7 @@ def test_ollama_missing_blob_and_missing_store(store: Path, tmp_path: Path, monk
 def test_ollama_default_root_is_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("OLLAMA_MODELS", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    _model(tmp_path / ".ollama" / "models", "llava", "latest", {"model": LLM_BYTES, "projector": PROJ_BYTES})
+    write_model(tmp_path / ".ollama" / "models", "llava", "latest", {"model": LLM_BYTES, "projector": PROJ_BYTES})
     assert resolve_source("ollama:llava").mmproj.read_bytes() == PROJ_BYTES
 
 

@@ -6,22 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import numpy as np
+from ollama_store import MEDIA, blob, write_model
 from test_import import embeddings
 
 from llava_local.cli import main
 from llava_local.manifest import load_manifest
-
-MEDIA = "application/vnd.ollama.image."
-
-
-def _blob(store: Path, data: bytes) -> dict:
-    digest = hashlib.sha256(data).hexdigest()
-    (store / "blobs").mkdir(parents=True, exist_ok=True)
-    (store / "blobs" / f"sha256-{digest}").write_bytes(data)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
 def test_import_from_ollama_store(legacy_pair, f16_bundle, tmp_path, monkeypatch, tiny_image, capsys):
@@ -32,12 +23,7 @@ def test_import_from_ollama_store(legacy_pair, f16_bundle, tmp_path, monkeypatch
     layers = {"model": legacy_pair[0].read_bytes(), "projector": legacy_pair[1].read_bytes(),
               "template": GO_TEMPLATES["llava_v1"].encode(), "system": LLAVA_V1_SYSTEM.encode(),
               "params": json.dumps({"stop": ["</s>", "USER:"], "num_ctx": 2048}).encode()}
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                "config": {"mediaType": "application/vnd.docker.container.image.v1+json", **_blob(store, b"{}")},
-                "layers": [{"mediaType": MEDIA + kind, **_blob(store, data)} for kind, data in layers.items()]}
-    path = store / "manifests" / "registry.ollama.ai" / "library" / "tiny-llava" / "7b"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(manifest))
+    write_model(store, "tiny-llava", "7b", layers, config=b"{}")
     monkeypatch.setenv("OLLAMA_MODELS", str(store))
     assert main(["import", "ollama:tiny-llava:7b", "--quiet", "--no-fuse-vision", "--vision-dtype", "fp16"]) == 0
     from llava_local.paths import models_dir
@@ -81,7 +67,7 @@ def test_ollama_template_of_another_layout_is_read_as_go(legacy_pair, tmp_path, 
     store = tmp_path / "ollama"
     layers = {"model": legacy_pair[0].read_bytes(), "projector": legacy_pair[1].read_bytes(),
               "template": GO_TEMPLATES["plain"].encode()}
-    manifest = {"schemaVersion": 2, "layers": [{"mediaType": MEDIA + k, **_blob(store, v)} for k, v in layers.items()]}
+    manifest = {"schemaVersion": 2, "layers": [{"mediaType": MEDIA + k, **blob(store, v)} for k, v in layers.items()]}
     path = store / "manifests" / "registry.ollama.ai" / "library" / "p" / "latest"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(manifest))
