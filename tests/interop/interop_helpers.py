@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def rewrite_gguf(src: Path, dst: Path, drop: tuple[str, ...] = (), set_: dict[str, Any] | None = None) -> Path:
+def rewrite_gguf(src: Path, dst: Path, drop: tuple[str, ...] = (), set_: dict[str, Any] | None = None,
+                 tensor: Callable[[Any], tuple[str, Any, Any]] | None = None) -> Path:
     """Copy `src` to `dst` without the keys starting with any of `drop`, with `set_` keys overridden (a str, an int
-    written as uint32, or a list written as an array)."""
+    written as uint32, or a list written as an array); `tensor(reader_tensor)` → (name, data, raw dtype or None)
+    rewrites each tensor (default: as it is)."""
     import gguf
 
     r = gguf.GGUFReader(str(src))
@@ -27,7 +30,8 @@ def rewrite_gguf(src: Path, dst: Path, drop: tuple[str, ...] = (), set_: dict[st
     for name, value in set_.items():
         _add(w, name, value)
     for t in r.tensors:
-        w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+        name, data, raw_dtype = tensor(t) if tensor else (t.name, t.data, t.tensor_type)
+        w.add_tensor(name, data, raw_dtype=raw_dtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

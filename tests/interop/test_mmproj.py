@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from interop_helpers import rewrite_gguf
 
 from converters.mmproj import read_mmproj
 from converters.mmproj_onnx import build_onnx, reference_forward
@@ -71,21 +72,12 @@ def test_reader_gives_back_the_checkpoint_weights(legacy_pair, f16_checkpoint):
 
 def test_fc1_fc2_are_read_by_shape_not_name(legacy_pair, tmp_path):
     """A file that names fc1 `ffn_up` (the non-legacy spelling) reads the same."""
-    import gguf
 
-    src = gguf.GGUFReader(str(legacy_pair[1]))
-    swapped = tmp_path / "swapped.gguf"
-    w = gguf.GGUFWriter(str(swapped), arch="clip", use_temp_file=False)
-    for name, f in src.fields.items():
-        if not name.startswith("GGUF.") and name != "general.architecture":
-            w.add_key_value(name, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None)
-    for t in src.tensors:
-        name = t.name.replace("ffn_down", "TMP").replace("ffn_up", "ffn_down").replace("TMP", "ffn_up")
-        w.add_tensor(name, t.data, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    def swap(t):
+        return t.name.replace("ffn_down", "TMP").replace("ffn_up", "ffn_down").replace("TMP", "ffn_up"), t.data, \
+            t.tensor_type
+
+    swapped = rewrite_gguf(legacy_pair[1], tmp_path / "swapped.gguf", tensor=swap)
     a, b = read_mmproj(legacy_pair[1]), read_mmproj(swapped)
     assert a.weights.keys() == b.weights.keys()
     for k in a.weights:
@@ -96,23 +88,13 @@ def test_quantized_mmproj_is_dequantized(legacy_pair, tmp_path):
     """Q8_0 matrices (gguf-py quantizes them here) come back within Q8_0's error."""
     import gguf
 
-    src = gguf.GGUFReader(str(legacy_pair[1]))
-    q8 = tmp_path / "mmproj-q8_0.gguf"
-    w = gguf.GGUFWriter(str(q8), arch="clip", use_temp_file=False)
-    for name, f in src.fields.items():
-        if not name.startswith("GGUF.") and name != "general.architecture":
-            w.add_key_value(name, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None)
-    for t in src.tensors:
+    def to_q8(t):
         arr = gguf.quants.dequantize(t.data, t.tensor_type).reshape([int(n) for n in reversed(t.shape)])
         if arr.ndim == 2 and t.name != "v.position_embd.weight":
-            w.add_tensor(t.name, gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0),
-                         raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            w.add_tensor(t.name, np.ascontiguousarray(arr.astype(np.float16 if arr.ndim == 4 else np.float32)))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+            return t.name, gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+        return t.name, np.ascontiguousarray(arr.astype(np.float16 if arr.ndim == 4 else np.float32)), None
+
+    q8 = rewrite_gguf(legacy_pair[1], tmp_path / "mmproj-q8_0.gguf", tensor=to_q8)
     a, b = read_mmproj(legacy_pair[1]), read_mmproj(q8)
     assert b.spec.tensor_types.get("Q8_0") == 2 * 6 + 2
     for k in a.weights:
@@ -142,24 +124,7 @@ def test_onnx_graph_equals_numpy_reference_and_convert(legacy_pair, f16_bundle, 
 
 @pytest.mark.parametrize("layers_kept", [1])
 def test_feature_layer_below_block_count_applies_fewer_blocks(legacy_pair, tmp_path, layers_kept):
-    import gguf
-
-    src = gguf.GGUFReader(str(legacy_pair[1]))
-    path = tmp_path / "fl.gguf"
-    w = gguf.GGUFWriter(str(path), arch="clip", use_temp_file=False)
-    for name, f in src.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        if name == "clip.vision.feature_layer":
-            w.add_array(name, [layers_kept])
-            continue
-        w.add_key_value(name, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None)
-    for t in src.tensors:
-        w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    path = rewrite_gguf(legacy_pair[1], tmp_path / "fl.gguf", set_={"clip.vision.feature_layer": [layers_kept]})
     mm = read_mmproj(path)
     assert mm.spec.blocks == layers_kept and mm.spec.blocks_in_file == 2
     pixels = np.random.default_rng(0).standard_normal((1, 3, 56, 56)).astype(np.float32)
@@ -189,7 +154,6 @@ def test_linear_projector_layout_reads_and_runs(f16_checkpoint, tmp_path):
     ({"clip.vision.image_mean": [0.5, 0.5]}, "image_mean must hold 3 numbers"),
 ])
 def test_impossible_header_numbers_are_one_line(legacy_pair, tmp_path, values, match):
-    from interop_helpers import rewrite_gguf
 
     from llava_local.errors import ConversionError
 
