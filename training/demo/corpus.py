@@ -39,6 +39,8 @@ from training.datagen.prompts import DETAIL_REQUESTS, RTYPES
 from training.datagen.render import render
 from training.datagen.world import COLOURS, REGIONS, SHAPES, SIZES, Scene, make_scene, referable
 
+from .phrasings import NATURAL_ASK, casual
+
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA instruction
 QTYPES: tuple[str, ...] = teacher.QTYPES  # colour shape count position relation existence description
 # "relative" (where one shape is relative to another) is not an eval type: it is the relation curriculum's way in
@@ -105,8 +107,6 @@ def natural_turn(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str]
     """A question of evaluation type `kind` as people ask it (`phrasings.NATURAL_ASK`, `casual`): half the time with
     the short-answer instruction and the short answer, else on its own with the teacher's sentence ("The circle is
     red.", "Yes, there is a red circle."), which is how a question without the instruction is answered."""
-    from .phrasings import NATURAL_ASK, casual
-
     qa = teacher.sample_qa(scene, rng, kind, NATURAL_ASK)
     if qa is None:
         return None
