@@ -112,13 +112,17 @@ def _section(d: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-def _dc(cls: type, data: dict[str, Any], where: str, set_elsewhere: tuple[str, ...] = ()) -> Any:
-    """`cls` from a YAML section that names every field (but `set_elsewhere`) and nothing else."""
-    known = {f.name for f in fields(cls)} - set(set_elsewhere)
+def _check_keys(data: dict[str, Any], known: set[str], where: str, optional: set[str] = frozenset()) -> None:
+    """A YAML section names every key of `known` (but `optional`) and nothing else."""
     if bad := sorted(set(data) - known):
         raise UsageError(f"{where}: unknown key {bad[0]!r}; known: {', '.join(sorted(known))}")
-    if missing := sorted(known - set(data)):
+    if missing := sorted(known - set(data) - optional):
         raise UsageError(f"{where}: missing {', '.join(missing)} (the recipe states every value)")
+
+
+def _dc(cls: type, data: dict[str, Any], where: str, set_elsewhere: tuple[str, ...] = ()) -> Any:
+    """`cls` from a YAML section that names every field (but `set_elsewhere`) and nothing else."""
+    _check_keys(data, {f.name for f in fields(cls)} - set(set_elsewhere), where)
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -137,11 +141,7 @@ def load_recipe(path: str | Path = RECIPE_YAML, scale: float = 1.0) -> RecipeCon
     top = {"world": {"seed", "scenes", "image_size"}, "tokenizer": {"vocab_size"}, "convert": {"quant"},
            "eval": {"seed", "n"}, "stages": set(stages)}
     for name, keys in top.items():
-        section = _section(d, name)
-        if bad := sorted(set(section) - keys):
-            raise UsageError(f"{name}: unknown key {bad[0]!r}; known: {', '.join(sorted(keys))}")
-        if missing := sorted(keys - set(section) - ({*CURRICULUM, *SECOND_PASS} if name == "stages" else set())):
-            raise UsageError(f"{name}: missing {', '.join(missing)} (the recipe states every value)")
+        _check_keys(_section(d, name), keys, name, {*CURRICULUM, *SECOND_PASS} if name == "stages" else set())
     if "precision" not in d:
         raise UsageError("recipe: missing precision (the recipe states every value)")
     scenes = int(world["scenes"])
