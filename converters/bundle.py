@@ -92,17 +92,17 @@ class ConvertResult:
 class Progress:
     """One stderr line per step, with its duration: `convert [2/7] vision.onnx (fp32) ... 1.3s`."""
 
-    def __init__(self, total: int, stream: Any = None, enabled: bool = True) -> None:
-        self.total, self.n, self.enabled = total, 0, enabled
+    def __init__(self, total: int, stream: Any = None, enabled: bool = True, label: str = "convert") -> None:
+        self.total, self.n, self.enabled, self.label = total, 0, enabled, label
         self.stream = stream or sys.stderr
 
     def step(self, what: str) -> _Step:
         self.n += 1
-        return _Step(self, f"convert [{self.n}/{self.total}] {what}")
+        return _Step(self, f"{self.label} [{self.n}/{self.total}] {what}")
 
     def note(self, msg: str) -> None:
         if self.enabled:
-            print(f"convert   {msg}", file=self.stream, flush=True)
+            print(f"{self.label:<10}{msg}", file=self.stream, flush=True)  # notes start in one column
 
 
 class _Step:

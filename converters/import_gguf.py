@@ -44,7 +44,6 @@ from .bundle import (
     VISION_FILES,
     Progress,
     _prepare_target,
-    _Step,
     llm_file,
     staged,
     vision_variants,
@@ -103,18 +102,6 @@ class LLMInfo:
     bos: int | None
     eos: int | None
     name: str
-
-
-class ImportProgress(Progress):
-    """`convert`'s progress lines, labelled `import [2/5] ...`."""
-
-    def step(self, what: str) -> _Step:
-        self.n += 1
-        return _Step(self, f"import [{self.n}/{self.total}] {what}")
-
-    def note(self, msg: str) -> None:
-        if self.enabled:
-            print(f"import    {msg}", file=self.stream, flush=True)
 
 
 def resolve(opts: ImportOptions) -> Source:
@@ -224,7 +211,8 @@ def import_pair(opts: ImportOptions, *, show_progress: bool = True,
     target = _prepare_target(opts.out, opts.force, (src.llm, src.mmproj))
     quant = opts.quant or info.file_type
     extra_vision = [d for d in dict.fromkeys(opts.vision_dtypes) if d != "fp32"]
-    progress = ImportProgress(3 + len(extra_vision) + int(opts.fuse_vision) + int(opts.verify), enabled=show_progress)
+    progress = Progress(3 + len(extra_vision) + int(opts.fuse_vision) + int(opts.verify), enabled=show_progress,
+                        label="import")
     with staged(target, progress.note) as tmp:
         pixels = sample_pixels(preprocess)
         hook("vision")
