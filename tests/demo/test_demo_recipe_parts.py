@@ -58,7 +58,11 @@ def test_recipe_yaml_and_stage_presets_validate():
     assert (lookup.stage, lookup.model.template, Path(lookup.data.json).name) == (2, "vicuna_v1", "lookup.json")
     assert (relation.stage, relation.model.template, Path(relation.data.json).name) == (2, "vicuna_v1",
                                                                                        "relation.json")
-    assert (cfg.relation2, cfg.final) == (cfg.relation, cfg.stage2)  # the second pass repeats the two presets
+    assert cfg.relation2 == cfg.relation  # the second pass repeats the relation stage ...
+    final = load_config(cfg.final)  # ... and stage 2's data and schedule, only longer
+    assert (Path(final.data.json).name, final.optim.schedule, final.model.template) == (
+        "stage2.json", s2.optim.schedule, s2.model.template)
+    assert final.optim.max_steps > s2.optim.max_steps and final.optim.lr == s2.optim.lr
     order = [STAGES.index(s) for s in ("stage1", "listing", "lookup", "relation", "stage2", "relation2", "final",
                                        "convert")]
     assert order == sorted(order)

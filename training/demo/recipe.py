@@ -23,7 +23,7 @@ Stages (`--from STAGE` restarts at a stage, reusing the work dir's earlier outpu
 9. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM), from the last of stage1 and the curriculum run
 10. relation2 the relation stage again, from stage 2's model, when `stages.relation2` names a preset (on
               `relation.json`): where the relation comparison forms (thirteenth round)
-11. final     stage 2 again, from relation2, when `stages.final` names a preset (on `stage2.json`)
+11. final     stage 2's data again, from relation2, when `stages.final` names a preset (`demo-final`: 3,000 steps)
 12. convert   `llava-local convert` of the last LLaVA stage run (final, else stage2) → quantized GGUF + ONNX bundle
 13. eval      held-out scenes, in the teacher's and in held-out wordings, through the bundle (llava_local
               ChatSession) and the torch model
@@ -57,7 +57,7 @@ CURRICULUM = ("listing", "lookup", "relation")  # optional stages between stage 
 SECOND_PASS = ("relation2", "final")  # optional stages after stage 2, in order
 LLAVA_STAGES = ("stage1", *CURRICULUM, "stage2", *SECOND_PASS)  # the stages that train LLaVA, in STAGES order
 DATA_OF = {"relation2": "relation", "final": "stage2"}  # stages that reuse another stage's data file
-RECIPE_ID = "llava-local-tiny/12"  # bump when the recipe changes what it trains
+RECIPE_ID = "llava-local-tiny/13"  # bump when the recipe changes what it trains
 # Shown by the chat app on an empty conversation and by `llava-local info`: questions in the phrasings the demo
 # model was trained on, about kinds of object any scene of its world may hold.
 SUGGESTED_PROMPTS = (
