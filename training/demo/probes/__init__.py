@@ -12,6 +12,9 @@ reads what an earlier recipe stage left in its work directory (default `build/de
 - `perfect_tower`: LLaVA stage 2 on the demo data with a perfect vision tower, to see whether the tower,
   projector and stage 1 or the language model limit the score. After the data and lm stages:
   `python -m training.demo.probes.perfect_tower --work build/demo`
+- `relation_axes`: relation answers split by axis (left/right, above/below) and by what the image tokens' reading
+  order says about the answer, to tell a model that compares cells from one that does not. After any LLaVA stage:
+  `python -m training.demo.probes.relation_axes build/demo/final`
 
 `--help` on each lists its options; docs/demo-model-history.md reports what they found.
 """
