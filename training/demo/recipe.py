@@ -38,6 +38,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,8 @@ def _section(d: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-def _check_keys(data: dict[str, Any], known: set[str], where: str, optional: set[str] = frozenset()) -> None:
+def _check_keys(data: dict[str, Any], known: AbstractSet[str], where: str,
+                optional: AbstractSet[str] = frozenset()) -> None:
     """A YAML section names every key of `known` (but `optional`) and nothing else."""
     if bad := sorted(set(data) - known):
         raise UsageError(f"{where}: unknown key {bad[0]!r}; known: {', '.join(sorted(known))}")
