@@ -63,8 +63,13 @@ def test_recipe_yaml_and_stage_presets_validate():
     assert (Path(final.data.json).name, final.optim.schedule, final.model.template) == (
         "stage2.json", s2.optim.schedule, s2.model.template)
     assert final.optim.max_steps > s2.optim.max_steps and final.optim.lr == s2.optim.lr
+    assert cfg.relation3 == cfg.relation  # the third relation pass, then a short pass of stage 2's data and schedule
+    polish = load_config(cfg.polish)
+    assert (Path(polish.data.json).name, polish.optim.schedule, polish.optim.decay_ratio, polish.optim.lr) == (
+        "stage2.json", s2.optim.schedule, s2.optim.decay_ratio, s2.optim.lr)
+    assert polish.optim.max_steps < s2.optim.max_steps
     order = [STAGES.index(s) for s in ("stage1", "listing", "lookup", "relation", "stage2", "relation2", "final",
-                                       "convert")]
+                                       "relation3", "polish", "convert")]
     assert order == sorted(order)
     assert STAGES[0] == "data" and STAGES[-1] == "eval"
 
@@ -488,6 +493,49 @@ def test_counting_records_list_every_matching_place_and_count_them(tmp_path):
     assert sum(n >= 2 for n in counts) > len(counts) / 4  # several of a kind far more often than the teacher asks
 
 
+def test_counting_records_ask_a_natural_share_of_their_counts_in_peoples_wordings(tmp_path):
+    import re
+
+    from training.datagen.teacher import ASK
+    from training.demo.corpus import SHORT_ANSWER, build_dataset, make_scenes
+    from training.demo.phrasings import NATURAL_ASK, numbers_named
+
+    scenes = make_scenes(0, 60)
+    build_dataset(tmp_path, scenes, 32, seed=0, mix=plain_mix(counting=1.0, natural=0.5))
+    by_key = {sc.key: sc for sc in scenes}
+
+    def pattern(template: str) -> re.Pattern[str]:  # a wording, any noun, any casing, with or without its "?"
+        head, tail = template.rstrip("?.").split("{ref}")
+        return re.compile(re.escape(head) + r"(?P<noun>[a-z ]+)s" + re.escape(tail) + r"[?.]?", re.IGNORECASE)
+
+    natural = [pattern(t) for t in NATURAL_ASK["count"]]
+    teacher_worded = [pattern(t) for t in ASK["count"]]
+    seen = {"natural": 0, "teacher": 0, "sentence": 0}
+    for r in json.loads((tmp_path / "stage2.json").read_text()):
+        if "-counting" not in r["id"]:
+            continue
+        conv = r["conversations"]
+        for human, gpt in zip(conv[::2], conv[1::2], strict=True):
+            q = human["value"].removeprefix("<image>\n")
+            if q.startswith("Where are the "):
+                continue
+            ask = q.removesuffix(f"\n{SHORT_ANSWER}")
+            m = next((m for p in natural if (m := p.fullmatch(ask))), None)
+            which = "natural" if m else "teacher"
+            m = m or next(m for p in teacher_worded if (m := p.fullmatch(ask)))
+            seen[which] += 1
+            words = m["noun"].lower().split()
+            colour, shape = (words[0], words[1]) if len(words) == 2 else (None, words[0])
+            n = len(by_key[r["id"].split("-")[0]].matching(shape=None if shape == "shape" else shape, colour=colour))
+            if ask == q:  # no short-answer instruction: the answer is the teacher's sentence, and says the count
+                assert which == "natural" and gpt["value"].startswith("There ")
+                assert numbers_named(gpt["value"]) == {n}
+                seen["sentence"] += 1
+            else:
+                assert gpt["value"] == str(n)
+    assert min(seen.values()) > 0 and 0.3 < seen["natural"] / (seen["natural"] + seen["teacher"]) < 0.7
+
+
 def test_perfect_tower_features_say_exactly_what_is_in_each_cell():
     from training.datagen.world import COLOURS, SHAPES, SIZES
     from training.demo.corpus import make_scenes
@@ -600,22 +648,30 @@ def test_each_llava_stage_starts_from_the_last_stage_before_it_that_the_recipe_r
 
     def starts(c):
         r = Recipe(c, tmp_path, tmp_path / "out", {})
-        return [r._previous(s).name for s in ("listing", "lookup", "relation", "stage2", "relation2", "final")]
+        return [r._previous(s).name for s in ("listing", "lookup", "relation", "stage2", "relation2", "final",
+                                               "relation3", "polish")]
 
-    assert starts(cfg) == ["stage1", "listing", "lookup", "relation", "stage2", "relation2"]
-    assert starts(replace(cfg, relation="")) == ["stage1", "listing", "lookup", "lookup", "stage2", "relation2"]
-    assert starts(replace(cfg, listing="")) == ["stage1", "stage1", "lookup", "relation", "stage2", "relation2"]
-    assert starts(replace(cfg, lookup="")) == ["stage1", "listing", "listing", "relation", "stage2", "relation2"]
-    assert starts(replace(cfg, listing="", lookup="", relation="")) == ["stage1"] * 4 + ["stage2", "relation2"]
+    tail = ["stage2", "relation2", "final", "relation3"]
+    assert starts(cfg) == ["stage1", "listing", "lookup", "relation", *tail]
+    assert starts(replace(cfg, relation="")) == ["stage1", "listing", "lookup", "lookup", *tail]
+    assert starts(replace(cfg, listing="")) == ["stage1", "stage1", "lookup", "relation", *tail]
+    assert starts(replace(cfg, lookup="")) == ["stage1", "listing", "listing", "relation", *tail]
+    assert starts(replace(cfg, listing="", lookup="", relation="")) == ["stage1"] * 4 + tail
+    assert starts(replace(cfg, relation2="", relation3=""))[-4:] == ["stage2", "stage2", "final", "final"]
     # without the second pass, stage 2's model is the bundle's; the second pass's own data files are the first's
-    assert starts(replace(cfg, relation2=""))[-1] == "stage2"
-    assert Recipe(cfg, tmp_path, tmp_path / "out", {})._last_llava().name == "final"
-    assert Recipe(replace(cfg, relation2="", final=""), tmp_path, tmp_path / "out", {})._last_llava().name == "stage2"
+    assert starts(replace(cfg, relation2="", final="", relation3=""))[-1] == "stage2"
+
+    def last(**off):
+        return Recipe(replace(cfg, **dict.fromkeys(off, "")), tmp_path, tmp_path / "out", {})._last_llava().name
+
+    assert last() == "polish" and last(polish=1) == "relation3" and last(polish=1, relation3=1) == "final"
+    assert last(relation2=1, final=1, relation3=1, polish=1) == "stage2"
     assert Recipe(replace(cfg, lookup=""), tmp_path, tmp_path / "out", {}).stage_lookup() == {
         "skipped": "no stages.lookup in the recipe"}
 
 
-@pytest.mark.parametrize("stage", ["stage1", "listing", "lookup", "relation", "stage2", "relation2", "final"])
+@pytest.mark.parametrize("stage", ["stage1", "listing", "lookup", "relation", "stage2", "relation2", "final",
+                                   "relation3", "polish"])
 def test_command_line_overrides_reach_their_stage(stage, tmp_path, capsys):
     from training.demo.recipe import main
 

@@ -172,8 +172,12 @@ def _count_qa(scene: Scene, rng: random.Random, ask: Phrasings = ASK) -> Iterato
         n = len(scene.matching(**f))
         noun = kind_noun(f)
         q = rng.choice(ask["count"]).format(ref=noun + "s")
-        s = f"There {_be(n)} {number_word(n)} {plural(noun, n)}." if n else f"There are no {noun}s."
-        yield QA(q, str(n), "count", s)
+        yield QA(q, str(n), "count", count_sentence(noun, n))
+
+
+def count_sentence(noun: str, n: int) -> str:
+    """A count as the teacher says it: "There are two red circles.", "There are no squares."."""
+    return f"There {_be(n)} {number_word(n)} {plural(noun, n)}." if n else f"There are no {noun}s."
 
 
 def _position_qa(scene: Scene, rng: random.Random, ask: Phrasings = ASK) -> Iterator[QA]:

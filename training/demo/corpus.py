@@ -124,7 +124,7 @@ def _vqa_turn(scene: Scene, rng: random.Random, kind: str, natural: float = 0.0)
     if kind == "relative":
         return relative_turn(scene, rng)
     if kind in ("locate", "tally"):
-        return counting_turn(scene, rng, kind)
+        return counting_turn(scene, rng, kind, natural)
     qa = teacher.sample_qa(scene, rng, kind)
     return None if qa is None else (prompt_of(qa), qa.answer)
 
@@ -168,21 +168,27 @@ def relative_turn(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
             " and ".join(part for part in (across, up_down) if part))
 
 
-def counting_turn(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str]:
-    """A count ("tally", the teacher's phrasing) or where all the shapes of one kind are ("locate": "Where are the
-    circles?" → "top left and center", "nowhere"), for a kind of shape that occurs at least twice when the scene has
-    one, half the time. The teacher's own count questions are about one shape or none nine times in ten, and
-    recipe 7's model, trained on them, answered every count with 0 or 1 (docs/demo-model-history.md, eleventh round);
-    a list of places is a count that can be learned one place at a time."""
+def counting_turn(scene: Scene, rng: random.Random, kind: str, natural: float = 0.0) -> tuple[str, str]:
+    """A count ("tally") or where all the shapes of one kind are ("locate": "Where are the circles?" → "top left and
+    center", "nowhere"), for a kind of shape that occurs at least twice when the scene has one, half the time. The
+    teacher's own count questions are about one shape or none nine times in ten, and a model trained on them alone
+    answered every count with 0 or 1 (docs/demo-model-history.md); a list of places is a count that can be learned one
+    place at a time. A `natural` share of the tallies is asked in people's wordings (as `natural_turn`), so counts of
+    several are not learned in the teacher's wording only."""
     kinds = teacher.count_kinds(scene)
     several = [k for k in kinds if len(scene.matching(**k)) >= 2]
     chosen = rng.choice(several if several and rng.random() < 0.5 else kinds)
     found = scene.matching(**chosen)
-    noun = teacher.kind_noun(chosen) + "s"
+    noun = teacher.kind_noun(chosen)
     if kind == "tally":
-        return f"{rng.choice(teacher.ASK['count']).format(ref=noun)}\n{SHORT_ANSWER}", str(len(found))
+        if natural and rng.random() < natural:
+            question = casual(rng.choice(NATURAL_ASK["count"]).format(ref=noun + "s"), rng)
+            if rng.random() < 0.5:
+                return question, teacher.count_sentence(noun, len(found))
+            return f"{question}\n{SHORT_ANSWER}", str(len(found))
+        return f"{rng.choice(teacher.ASK['count']).format(ref=noun + 's')}\n{SHORT_ANSWER}", str(len(found))
     places = teacher.join_and([o.region for o in found]) or "nowhere"  # reading order, as the image tokens lie
-    return f"Where are the {noun}?\n{SHORT_ANSWER}", places
+    return f"Where are the {noun}s?\n{SHORT_ANSWER}", places
 
 
 def _teacher_turns(scene: Scene, rtype: str, rng: random.Random) -> list[tuple[str, str]]:
@@ -258,7 +264,7 @@ def build_dataset(out_dir: str | Path, scenes: Sequence[Scene], image_size: int,
             stage2.extend(_question_chats(scene, name, "relations", _count(mix.relations, relations_rng),
                                           relations_rng, ONLY_RELATIONS, mix, mix.natural))
             stage2.extend(_question_chats(scene, name, "counting", _count(mix.counting, counting_rng), counting_rng,
-                                          ONLY_COUNTING, mix))
+                                          ONLY_COUNTING, mix, mix.natural))
         if text := listing(scene, listing_rng):
             listings.append(_record(f"{scene.key}-list", name, [(listing_rng.choice(LAYOUT_REQUESTS), text)]))
         lookups.extend(_question_chats(scene, name, "where", LOOKUP_RECORDS, lookup_rng, ONLY_POSITION, mix))

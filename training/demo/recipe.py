@@ -24,8 +24,13 @@ Stages (`--from STAGE` restarts at a stage, reusing the work dir's earlier outpu
 10. relation2 the relation stage again, from stage 2's model, when `stages.relation2` names a preset (on
               `relation.json`): where the relation comparison forms (thirteenth round)
 11. final     stage 2's data again, from relation2, when `stages.final` names a preset (`demo-final`: 3,000 steps)
-12. convert   `llava-local convert` of the last LLaVA stage run (final, else stage2) → quantized GGUF + ONNX bundle
-13. eval      held-out scenes, in the teacher's and in held-out wordings, through the bundle (llava_local
+12. relation3 the relation stage a third time, from final, when `stages.relation3` names a preset: after the longer
+              stage 2 it learns left and right as well as above and below, but forgets the rest ...
+13. polish    ... which a short pass of stage 2's data, when `stages.polish` names a preset (`demo-polish`: 800
+              steps), brings back while keeping the relations
+14. convert   `llava-local convert` of the last LLaVA stage run (polish, final, ..., else stage2) → quantized GGUF +
+              ONNX bundle
+15. eval      held-out scenes, in the teacher's and in held-out wordings, through the bundle (llava_local
               ChatSession) and the torch model
 """
 
@@ -53,12 +58,13 @@ log = logging.getLogger("training.demo.recipe")
 
 RECIPE_YAML = Path(__file__).with_name("recipe.yaml")
 STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "listing", "lookup", "relation", "stage2", "relation2", "final",
-          "convert", "eval")
+          "relation3", "polish", "convert", "eval")
 CURRICULUM = ("listing", "lookup", "relation")  # optional stages between stage 1 and stage 2, in order
-SECOND_PASS = ("relation2", "final")  # optional stages after stage 2, in order
+SECOND_PASS = ("relation2", "final", "relation3", "polish")  # optional stages after stage 2, in order
 LLAVA_STAGES = ("stage1", *CURRICULUM, "stage2", *SECOND_PASS)  # the stages that train LLaVA, in STAGES order
-DATA_OF = {"relation2": "relation", "final": "stage2"}  # stages that reuse another stage's data file
-RECIPE_ID = "llava-local-tiny/13"  # bump when the recipe changes what it trains
+# stages that reuse another stage's data file
+DATA_OF = {"relation2": "relation", "final": "stage2", "relation3": "relation", "polish": "stage2"}
+RECIPE_ID = "llava-local-tiny/14"  # bump when the recipe changes what it trains
 # Shown by the chat app on an empty conversation and by `llava-local info`: questions in the phrasings the demo
 # model was trained on, about kinds of object any scene of its world may hold.
 SUGGESTED_PROMPTS = (
@@ -89,6 +95,8 @@ class RecipeConfig:
     stage2: str
     relation2: str  # second pass after stage 2; empty: left out
     final: str
+    relation3: str
+    polish: str
     quant: str
     eval_seed: int
     eval_n: int
@@ -284,7 +292,7 @@ class Recipe:
 
     def _last_llava(self) -> Path:
         """The checkpoint the bundle is made from: the last LLaVA stage the recipe runs."""
-        return self.work / ("final" if self.cfg.final else "stage2")
+        return self.work / next((s for s in reversed(SECOND_PASS) if getattr(self.cfg, s)), "stage2")
 
     def stage_listing(self) -> dict[str, Any]:
         return self._curriculum("listing")
@@ -309,6 +317,12 @@ class Recipe:
 
     def stage_final(self) -> dict[str, Any]:
         return self._curriculum("final")
+
+    def stage_relation3(self) -> dict[str, Any]:
+        return self._curriculum("relation3")
+
+    def stage_polish(self) -> dict[str, Any]:
+        return self._curriculum("polish")
 
     def stage_convert(self) -> dict[str, Any]:
         from llava_local.cli import main as cli_main

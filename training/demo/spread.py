@@ -4,8 +4,8 @@ Contract:
 - `run_spread(seeds, work, rerun)` runs the whole recipe (`recipe.Recipe`, from nothing, every stage through eval)
   once per clip seed, each in `work/clip-seed-N/` with its bundle in `work/clip-seed-N/bundle`; a seed whose run
   finished before (its `recipe-report.json` has an eval) is read, not run again. With `rerun=N`, seed N runs a second
-  time in `work/clip-seed-N-rerun/` and every file of the two bundles and the two final checkpoints is compared by
-  SHA-256: the recipe is byte-reproducible on one machine when they all agree.
+  time in `work/clip-seed-N-rerun/` and every file of the two bundles and of their checkpoints after stage 2 is
+  compared by SHA-256: the recipe is byte-reproducible on one machine when they all agree.
 - `summarize(reports)` → per phrasing split (teacher, held-out) and per question type: each seed's accuracy, their
   mean and range; and each run's wall time. `markdown(summary)` renders it as the tables in docs/demo-model.md.
   `work/spread.json` gets the summary.
@@ -29,7 +29,7 @@ from typing import Any
 
 from llava_local.errors import LlavaLocalError
 
-from .recipe import RECIPE_YAML, Recipe, load_recipe
+from .recipe import RECIPE_YAML, SECOND_PASS, Recipe, load_recipe
 
 SPLITS = {"teacher": "bundle", "heldout": "bundle/heldout"}  # split → the eval stage's key for the bundle's result
 
@@ -52,9 +52,9 @@ def run_one(seed: int, work: Path, config: str | Path = RECIPE_YAML) -> dict[str
 
 
 def digests(run: Path) -> dict[str, str]:
-    """SHA-256 of every file of a run's bundle and final checkpoint, by path relative to the run."""
+    """SHA-256 of every file of a run's bundle and of its checkpoints after stage 2, by path relative to the run."""
     out = {}
-    for top in ("bundle", "final"):
+    for top in ("bundle", *(s for s in SECOND_PASS if (run / s).is_dir())):
         for f in sorted((run / top).rglob("*")):
             if f.is_file():
                 out[f.relative_to(run).as_posix()] = hashlib.sha256(f.read_bytes()).hexdigest()
@@ -62,12 +62,12 @@ def digests(run: Path) -> dict[str, str]:
 
 
 def compare(a: Path, b: Path) -> dict[str, Any]:
-    """Which files differ between two runs' bundles and final checkpoints (the manifest and the training metrics
-    carry timings, so they are listed apart)."""
+    """Which files differ between two runs' bundles and checkpoints after stage 2 (the manifest and the training
+    metrics carry timings, so they are listed apart)."""
     da, db = digests(a), digests(b)
-    timed = {"bundle/manifest.json", "final/metrics.jsonl"}
     differ = sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))
-    return {"files": len(da), "identical": not [k for k in differ if k not in timed],
+    timed = [k for k in differ if k == "bundle/manifest.json" or k.endswith("/metrics.jsonl")]
+    return {"files": len(da), "identical": len(timed) == len(differ),
             "differ": differ}
 
 
