@@ -51,9 +51,9 @@ demo-model-spread: $(STAMP)
 	$(PY) -m training.demo.spread --seeds $(SPREAD_SEEDS) --rerun $(firstword $(SPREAD_SEEDS)) --work build/demo-spread
 
 # ScienceQA on the synthetic release with the demo model after a tiny fine-tune (docs/scienceqa.md); needs the
-# demo recipe's checkpoint (make demo-model leaves it in build/demo/final).
+# demo recipe's checkpoint (make demo-model leaves it in build/demo/polish).
 scienceqa-demo: $(STAMP)
-	test -d build/demo/final || { echo "build/demo/final is missing: run make demo-model first"; exit 1; }
+	test -d build/demo/polish || { echo "build/demo/polish is missing: run make demo-model first"; exit 1; }
 	rm -rf build/sqa
 	$(VENV)/bin/llava-local data synth-scienceqa --n 700 --seed 1 --size 96 -o build/sqa/release
 	$(VENV)/bin/llava-local data scienceqa --base-dir build/sqa/release --split train -o build/sqa/train-QCM-LEA.json

@@ -14,7 +14,7 @@ reads what an earlier recipe stage left in its work directory (default `build/de
   `python -m training.demo.probes.perfect_tower --work build/demo`
 - `relation_axes`: relation answers split by axis (left/right, above/below) and by what the image tokens' reading
   order says about the answer, to tell a model that compares cells from one that does not. After any LLaVA stage:
-  `python -m training.demo.probes.relation_axes build/demo/final`
+  `python -m training.demo.probes.relation_axes build/demo/polish`
 
 `--help` on each lists its options; docs/demo-model-history.md reports what they found.
 """

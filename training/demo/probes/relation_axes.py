@@ -1,7 +1,7 @@
 """Diagnostic: which relations does a model get right, by axis and by whether reading order gives the answer away?
 
 `python -m training.demo.probes.relation_axes CKPT [--n 300] [--seed 1000]` (a layout-c checkpoint, e.g.
-`build/demo/final`; torch, both phrasing splits, about a minute at n=300).
+`build/demo/polish`; torch, both phrasing splits, about a minute at n=300).
 
 Contract:
 - `classify(scene, question)` → `(axis, order)` for a yes/no relation question of the eval: `axis` is "left-right" or
