@@ -17,9 +17,9 @@ from servehelpers import SHAPES, data_uri
 
 from training.demo.evaluate import eval_set, score
 
-ITEMS = eval_set(2, 4242)  # held-out scenes (the demo model trains on world 0)
-# the second scene's questions: the shipped model answers its colour and description right (the tests check that
-# first), and its description has a ":" for the stop-string test
+ITEMS = eval_set(5, 4242)  # held-out scenes (the demo model trains on world 0)
+# the fifth scene's questions: the shipped model answers its colour, count and description right (the tests check
+# what they rely on first), and its description has a ":" for the stop-string test
 SCENE = [it for it in ITEMS if it.scene.key == ITEMS[-1].scene.key]
 COLOUR, DESCRIPTION, COUNT = (next(it for it in SCENE if it.qa.qtype == t) for t in ("colour", "description", "count"))
 GREEDY = {"temperature": 0, "max_tokens": 64}
