@@ -110,10 +110,17 @@ def natural_turn(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str]
     qa = teacher.sample_qa(scene, rng, kind, NATURAL_ASK)
     if qa is None:
         return None
-    question = casual(qa.question, rng)
-    if qa.qtype == "description" or rng.random() < 0.5:
-        return question, qa.sentence
-    return f"{question}\n{SHORT_ANSWER}", qa.answer
+    return as_people_ask(qa.question, qa.answer, qa.sentence, rng, sentence_only=qa.qtype == "description")
+
+
+def as_people_ask(question: str, answer: str, sentence: str, rng: random.Random,
+                  sentence_only: bool = False) -> tuple[str, str]:
+    """`question` typed casually; half the time (always with `sentence_only`) on its own and answered with
+    `sentence`, else with the short-answer instruction and the short `answer`."""
+    question = casual(question, rng)
+    if sentence_only or rng.random() < 0.5:
+        return question, sentence
+    return f"{question}\n{SHORT_ANSWER}", answer
 
 
 def _vqa_turn(scene: Scene, rng: random.Random, kind: str, natural: float = 0.0) -> tuple[str, str] | None:
@@ -182,10 +189,8 @@ def counting_turn(scene: Scene, rng: random.Random, kind: str, natural: float = 
     noun = teacher.kind_noun(chosen)
     if kind == "tally":
         if natural and rng.random() < natural:
-            question = casual(rng.choice(NATURAL_ASK["count"]).format(ref=noun + "s"), rng)
-            if rng.random() < 0.5:
-                return question, teacher.count_sentence(noun, len(found))
-            return f"{question}\n{SHORT_ANSWER}", str(len(found))
+            return as_people_ask(rng.choice(NATURAL_ASK["count"]).format(ref=noun + "s"), str(len(found)),
+                                 teacher.count_sentence(noun, len(found)), rng)
         return f"{rng.choice(teacher.ASK['count']).format(ref=noun + 's')}\n{SHORT_ANSWER}", str(len(found))
     places = teacher.join_and([o.region for o in found]) or "nowhere"  # reading order, as the image tokens lie
     return f"Where are the {noun}s?\n{SHORT_ANSWER}", places
