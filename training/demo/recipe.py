@@ -291,8 +291,8 @@ class Recipe:
         return self.work / next(s for s in reversed(before) if s in ("stage1", "stage2") or getattr(self.cfg, s))
 
     def _last_llava(self) -> Path:
-        """The checkpoint the bundle is made from: the last LLaVA stage the recipe runs."""
-        return self.work / next((s for s in reversed(SECOND_PASS) if getattr(self.cfg, s)), "stage2")
+        """The checkpoint the bundle is made from: the last LLaVA stage the recipe runs (what `convert` starts from)."""
+        return self._previous("convert")
 
     def stage_listing(self) -> dict[str, Any]:
         return self._curriculum("listing")
