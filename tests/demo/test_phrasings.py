@@ -37,17 +37,23 @@ def _training_questions(tmp_path, n_scenes: int = 40) -> set[str]:
     return out - {""}
 
 
+def _asked_questions(ask: teacher.Phrasings, n_scenes: int, draws: int,
+                     qtypes: tuple[str, ...] = teacher.QTYPES) -> set[str]:
+    """`canonical` questions the teacher asks in `ask`'s wordings about world 0's first scenes, `draws` per type."""
+    asked = set()
+    for i in range(n_scenes):
+        scene, rng = make_scene(0, i), random.Random(i)
+        for _ in range(draws):
+            for t in qtypes:
+                if (qa := teacher.sample_qa(scene, rng, t, ask)) is not None:
+                    asked.add(canonical(qa.question))
+    return asked
+
+
 def test_heldout_wordings_never_occur_in_the_training_data(tmp_path):
     trained = _training_questions(tmp_path)
     assert len(trained) > 200  # the data really was read
-    asked = set()
-    for i in range(40):
-        scene, rng = make_scene(0, i), random.Random(i)
-        for _ in range(6):
-            for t in teacher.QTYPES:
-                qa = teacher.sample_qa(scene, rng, t, HELDOUT_ASK)
-                if qa is not None:
-                    asked.add(canonical(qa.question))
+    asked = _asked_questions(HELDOUT_ASK, n_scenes=40, draws=6)
     assert len(asked) > 300
     assert not asked & trained, sorted(asked & trained)[:5]
     # and no template is a training template, whatever it is filled with
@@ -74,11 +80,8 @@ def test_training_data_asks_in_natural_wordings(tmp_path):
 def test_the_check_would_see_a_training_wording(tmp_path):
     """The same check on the teacher's own table finds overlaps, so the test above can fail."""
     trained = _training_questions(tmp_path, n_scenes=10)
-    asked = set()
-    for i in range(10):  # the training scenes, a few draws each: a collision must not hang on one lucky draw
-        scene, rng = make_scene(0, i), random.Random(i)
-        asked |= {canonical(qa.question) for _ in range(3) for t in ("colour", "count", "existence")
-                  if (qa := teacher.sample_qa(scene, rng, t)) is not None}
+    # the training scenes, a few draws each: a collision must not hang on one lucky draw
+    asked = _asked_questions(teacher.ASK, n_scenes=10, draws=3, qtypes=("colour", "count", "existence"))
     assert asked & trained
 
 
