@@ -84,6 +84,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_ratio: float = 0.03
+    warmup_steps: int = 0
+    """Linear warmup length in optimizer steps; when > 0 it replaces `warmup_ratio` (a run whose length is a cap,
+    not a plan, keeps its warmup)."""
     epochs: int = 1
     max_steps: int = 0
     """Length of the schedule in optimizer steps; 0 means `epochs` worth of steps."""
@@ -123,6 +126,11 @@ class RunConfig:
     keep_checkpoints: int = 2
     stop_after_steps: int = 0
     """Stop (after checkpointing) once this many steps are done, without changing the schedule; 0: never."""
+    probe_every: int = 0
+    """With a probe passed to `run_training` (e.g. the demo recipe's held-out gates): export the model every N
+    steps from `probe_after` on and stop early when the probe says the skill is learned; 0: never probe."""
+    probe_after: int = 0
+    """The first probe comes at this step (at `probe_every` when 0); `optim.max_steps` is then the cap."""
     tensorboard: bool = True
     """Also log to TensorBoard when the `tensorboard` package is installed."""
 
@@ -172,7 +180,8 @@ def _validate(c: TrainConfig) -> None:
         (d.num_workers >= 0, "data.num_workers must be >= 0"),
         (d.length_group_steps >= 1, "data.length_group_steps must be >= 1"),
         (o.lr > 0 and o.projector_lr >= 0, "optim.lr must be > 0 and optim.projector_lr >= 0"),
-        (0 <= o.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)"),
+        (0 <= o.warmup_ratio < 1 and o.warmup_steps >= 0,
+         "optim.warmup_ratio must be in [0, 1) and optim.warmup_steps >= 0"),
         (o.epochs > 0 and o.max_steps >= 0, "optim.epochs must be > 0 and optim.max_steps >= 0"),
         (o.micro_batch_size > 0 and o.global_batch_size > 0, "batch sizes must be > 0"),
         (o.global_batch_size % o.micro_batch_size == 0,
@@ -187,6 +196,7 @@ def _validate(c: TrainConfig) -> None:
         (r.log_every > 0, "train.log_every must be > 0"),
         (r.checkpoint_every >= 0 and r.keep_checkpoints > 0 and r.stop_after_steps >= 0,
          "train.checkpoint_every and train.stop_after_steps must be >= 0, train.keep_checkpoints > 0"),
+        (r.probe_every >= 0 and r.probe_after >= 0, "train.probe_every and train.probe_after must be >= 0"),
         (c.distributed.backend in ("auto", "nccl", "gloo"), "distributed.backend must be auto, nccl or gloo"),
     ]
     for ok, message in checks:

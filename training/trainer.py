@@ -1,7 +1,7 @@
 """One training loop for CPU, one GPU and many GPUs (FSDP2 under torchrun).
 
-Contract: `run_training(cfg, resume=False) -> Path` trains the configured stage and writes the layout-c output
-to `cfg.train.out_dir` (see `export.py`); progress goes to a live line, `metrics.jsonl` (and TensorBoard when
+Contract: `run_training(cfg, resume=False, probe=None) -> Path` trains the configured stage and writes the layout-c
+output to `cfg.train.out_dir` (see `export.py`); progress goes to a live line, `metrics.jsonl` (and TensorBoard when
 installed), checkpoints to `out_dir/checkpoints/`. Run it as `llava-local train CONFIG` (one process) or
 `torchrun --nproc-per-node N -m llava_local.cli train CONFIG` (FSDP2; docs/training.md has multi-node).
 
@@ -13,6 +13,8 @@ micro-batch instead, which over-weights short answers). Gradient sync is skipped
 micro-batch. Schedule: linear warmup then cosine to 0, by optimizer step. Resume (`--resume`) restores model,
 optimizer, scheduler, RNG and the position in the data order from the newest complete checkpoint, so the loss
 curve continues exactly. SIGTERM/SIGINT finish the current step, checkpoint, and exit (code 143/130).
+Early stop on a probe: with `probe` (out_dir, step → stop?) and `train.probe_every`, the model is exported to
+`out_dir` at each probe step and the run ends there, exported, when the probe returns True (rank 0 decides).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,15 +160,25 @@ def _use_bf16(cfg: TrainConfig, dist: Dist) -> bool:
     return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and dist.device.type == "cuda")
 
 
-def run_training(cfg: TrainConfig, resume: bool = False) -> Path:
+Probe = Callable[[Path, int], bool]  # (exported out_dir, steps done) → stop now?
+
+
+def probe_due(cfg: TrainConfig, done: int, total: int) -> bool:
+    """Is step `done` a probe step? Every `probe_every` steps from `probe_after` on, before the last step."""
+    r = cfg.train
+    first = r.probe_after or r.probe_every
+    return bool(r.probe_every) and first <= done < total and (done - first) % r.probe_every == 0
+
+
+def run_training(cfg: TrainConfig, resume: bool = False, probe: Probe | None = None) -> Path:
     dist = setup(cfg.distributed.backend)
     try:
-        return _train(cfg, dist, resume)
+        return _train(cfg, dist, resume, probe)
     finally:
         teardown(dist)
 
 
-def _train(cfg: TrainConfig, dist: Dist, resume: bool) -> Path:
+def _train(cfg: TrainConfig, dist: Dist, resume: bool, probe: Probe | None) -> Path:
     su = Setup(cfg, dist)
     model, out_dir = su.model, Path(cfg.train.out_dir).expanduser()
     ckpt_root = out_dir / "checkpoints"
@@ -185,7 +198,7 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool) -> Path:
         shard(model, dist, bf16, cfg.distributed.reshard_after_forward)
     model.train()
     optimizer = _optimizer(model, cfg)
-    warmup = math.ceil(cfg.optim.warmup_ratio * su.total_steps)
+    warmup = cfg.optim.warmup_steps or math.ceil(cfg.optim.warmup_ratio * su.total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(
         su.total_steps, warmup, cfg.optim.schedule, cfg.optim.decay_ratio))
     start, resumed_truncated = 0, 0
@@ -217,7 +230,7 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool) -> Path:
                  "micro_batch_size": cfg.optim.micro_batch_size}
         ckpt.save(ckpt_root, step, model, optimizer, extra, dist, keep=cfg.train.keep_checkpoints)
 
-    step, stopped, truncated = start, None, resumed_truncated
+    step, done, stopped, truncated = start, start, None, resumed_truncated
     with _StopFlag() as stop:
         for step, batches in su.step_batches(start):
             t0 = time.perf_counter()
@@ -258,6 +271,14 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool) -> Path:
             if stop_now:
                 stopped = stop.signal or (signal.SIGTERM if signalled else 0)
                 break
+            if probe is not None and probe_due(cfg, done, su.total_steps):
+                _export(su, out_dir, bf16, truncated, done)
+                learned = float(probe(out_dir, done)) if dist.is_main else 0.0
+                if float(all_reduce_sum(torch.tensor([learned], device=dev), dist)[0]) > 0:
+                    if dist.is_main:
+                        print(f"step {done}: the probe says the skill is learned; stopping early "
+                              f"(optim.max_steps={su.total_steps} is the cap)", file=sys.stderr)
+                    break
     metrics.close()
     if stopped is not None:
         if dist.is_main:
@@ -268,7 +289,7 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool) -> Path:
     if truncated and dist.is_main:
         print(f"{truncated} sample(s) of this run were longer than data.context_length="
               f"{cfg.data.context_length} and were truncated (see 'truncated' in metrics.jsonl)", file=sys.stderr)
-    _export(su, out_dir, bf16, truncated)
+    _export(su, out_dir, bf16, truncated, done)
     return out_dir
 
 
@@ -288,7 +309,7 @@ def _clip(params: list[torch.Tensor], max_norm: float) -> float:
     return float(norm)
 
 
-def _export(su: Setup, out_dir: Path, bf16: bool, truncated: int) -> None:
+def _export(su: Setup, out_dir: Path, bf16: bool, truncated: int, steps: int) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     model, dist, cfg = su.model, su.dist, su.cfg
@@ -296,7 +317,7 @@ def _export(su: Setup, out_dir: Path, bf16: bool, truncated: int) -> None:
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.is_main:
         counts = count_parameters(model)
-        provenance = {"stage": cfg.stage, "steps": su.total_steps, "samples": len(su.dataset),
+        provenance = {"stage": cfg.stage, "steps": steps, "samples": len(su.dataset),
                       "vision_tower": cfg.model.vision_tower, "language_model": cfg.model.language_model,
                       "init_from": cfg.model.init_from, "data": cfg.data.json, "lora": cfg.lora.enabled,
                       "trainable_parameters": sum(c["trainable"] for c in counts.values()),

@@ -24,6 +24,19 @@ def test_summary_has_each_seed_the_mean_and_the_range():
     assert s["splits"]["heldout"]["overall"]["mean"] == 65.0 and s["seconds"] == {0: 100.0, 1: 120.0}
     table = markdown(s)
     assert "| colour | 90.0 | 70.0 | 80.0 | 70.0–90.0 |" in table and "heldout wordings:" in table
+    assert "gated" not in table  # no gated stage in these runs
+
+
+def test_summary_says_where_each_gated_stage_stopped():
+    reports = {s: _report({"colour": 0.9}, {"colour": 0.8}, 100.0) for s in (0, 1)}
+    reports[0]["stages"]["listing"] = {"gate": {"steps": 2000, "history": [{"step": 2000, "score": 0.94}]}}
+    reports[1]["stages"]["listing"] = {"gate": {"steps": 5000, "history": [
+        {"step": 2000, "score": 0.48}, {"step": 5000, "score": 0.912}]}}
+    s = summarize(reports)
+    assert s["gates"] == {0: {"listing": {"steps": 2000, "score": 94.0}},
+                          1: {"listing": {"steps": 5000, "score": 91.2}}}
+    assert ("gated stages (steps, last probe): seed 0: listing 2,000 steps (94.0%); "
+            "seed 1: listing 5,000 steps (91.2%)") in markdown(s)
 
 
 def _run_dir(root, weights: bytes, manifest: str):

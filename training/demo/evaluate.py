@@ -169,44 +169,75 @@ def evaluate_bundle(model: str | Path | None, n: int, seed: int, *, device: str 
     return result
 
 
+@dataclass
+class TorchModel:
+    """A layout-c checkpoint loaded for greedy answers: transformers' LlavaForConditionalGeneration (fp32, eval)
+    with the tokenizer, preprocessing and template its `llava_local.json` names."""
+
+    model: Any
+    tok: Any
+    pp: Any  # PreprocessConfig
+    template: Any  # ChatTemplate
+    n_image_tokens: int
+    pad: int
+
+    @classmethod
+    def load(cls, checkpoint: str | Path) -> TorchModel:
+        import json
+
+        import torch
+        from transformers import LlavaForConditionalGeneration
+
+        from llava_local.preprocess import PreprocessConfig
+        from llava_local.templates import get_template
+        from training.model import load_tokenizer
+
+        ckpt = Path(checkpoint)
+        meta = json.loads((ckpt / "llava_local.json").read_text(encoding="utf-8"))
+        tok = load_tokenizer(str(ckpt))
+        model = LlavaForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch.float32).eval()
+        cfg = model.config
+        n_img = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2 + (
+            1 if cfg.vision_feature_select_strategy == "full" else 0)
+        return cls(model, tok, PreprocessConfig.from_dict(meta["preprocess"]), get_template(meta["template"]), n_img,
+                   tok.unk_token_id or 0)
+
+    def encode(self, pieces: list[Any]) -> list[int]:
+        """Rendered pieces → input ids, as training encodes them."""
+        from training.dataset import encode
+
+        return encode(pieces, self.tok, self.model.config.image_token_id, self.n_image_tokens)[0]
+
+    def generate(self, seqs: list[list[int]], images: list[Any], max_new_tokens: int = 64) -> list[str]:
+        """Greedy continuations of a batch of prompts (ids from `encode`), one image each (PNG bytes or PIL)."""
+        import numpy as np
+        import torch
+
+        from llava_local.preprocess import preprocess
+
+        ids, mask = _left_padded(seqs, self.pad)
+        pixels = torch.from_numpy(np.concatenate([preprocess(im, self.pp) for im in images]))
+        with torch.no_grad():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels,
+                                      max_new_tokens=max_new_tokens, do_sample=False,
+                                      eos_token_id=self.tok.eos_token_id, pad_token_id=self.pad)
+        return _answers(out[:, ids.shape[1]:], self.tok)
+
+
 def evaluate_torch(checkpoint: str | Path, n: int, seed: int, *, batch_size: int = 32,
-                   progress: Callable[[int, int], None] | None = None, phrasing: str = "teacher") -> EvalResult:
+                   progress: Callable[[int, int], None] | None = None, phrasing: str = "teacher",
+                   qtypes: Sequence[str] = QTYPES) -> EvalResult:
     """The same questions through transformers' LlavaForConditionalGeneration (layout c), greedy, batched."""
-    import json
+    from llava_local.templates import Turn
 
-    import numpy as np
-    import torch
-    from transformers import LlavaForConditionalGeneration
-
-    from llava_local.preprocess import PreprocessConfig, preprocess
-    from llava_local.templates import Turn, get_template
-    from training.dataset import encode
-    from training.model import load_tokenizer
-
-    ckpt = Path(checkpoint)
-    meta = json.loads((ckpt / "llava_local.json").read_text(encoding="utf-8"))
-    pp = PreprocessConfig.from_dict(meta["preprocess"])
-    template = get_template(meta["template"])
-    tok = load_tokenizer(str(ckpt))
-    model = LlavaForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch.float32).eval()
-    cfg = model.config
-    n_img = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2 + (
-        1 if cfg.vision_feature_select_strategy == "full" else 0)
-    pad = tok.unk_token_id or 0
+    tm = TorchModel.load(checkpoint)
 
     def answer(batch: list[EvalItem]) -> list[str]:
-        seqs = []
-        for it in batch:
-            pieces = template.render([Turn("user", it.prompt, 1)], add_generation_prompt=True)
-            seqs.append(encode(pieces, tok, cfg.image_token_id, n_img)[0])
-        ids, mask = _left_padded(seqs, pad)
-        pixels = torch.from_numpy(np.concatenate([preprocess(it.png, pp) for it in batch]))
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=64,
-                                 do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=pad)
-        return _answers(out[:, ids.shape[1]:], tok)
+        seqs = [tm.encode(tm.template.render([Turn("user", it.prompt, 1)], add_generation_prompt=True))
+                for it in batch]
+        return tm.generate(seqs, [it.png for it in batch])
 
-    return _ask_in_batches(eval_set(n, seed, phrasing=phrasing), batch_size, answer, progress)
+    return _ask_in_batches(eval_set(n, seed, qtypes, phrasing), batch_size, answer, progress)
 
 
 def text_prompt_ids(item: EvalItem, tok: Any) -> list[int]:

@@ -52,6 +52,7 @@ from llava_local.errors import LlavaLocalError, UsageError
 
 from .clip_pretrain import ClipConfig
 from .corpus import DataMix
+from .gates import Gate, gate_probe
 from .lm_pretrain import LMConfig
 
 log = logging.getLogger("training.demo.recipe")
@@ -98,6 +99,10 @@ class RecipeConfig:
     relation3: str
     polish: str
     quant: str
+    # held-out gates: a stage named here trains past its preset's steps until its probe reaches the target
+    gates: dict[str, Gate]
+    gate_seed: int  # the probes' scenes: a world of their own, neither the training world nor the eval's
+    gate_n: int
     eval_seed: int
     eval_n: int
     # lm and the LLaVA stages: "bf16" autocast, "fp32", or "auto" (bf16 where the CPU multiplies bf16 natively)
@@ -112,6 +117,11 @@ class RecipeConfig:
             raise UsageError("clip.image_size must equal world.image_size")
         if self.eval_seed == self.world_seed:
             raise UsageError("eval.seed must differ from world.seed (the eval uses held-out scenes)")
+        if self.gate_seed in (self.world_seed, self.eval_seed):
+            raise UsageError("gates.seed must differ from world.seed and eval.seed (the gates select on their own "
+                             "scenes)")
+        if bad := sorted(set(self.gates) - set(LLAVA_STAGES)):
+            raise UsageError(f"gates: {bad[0]!r} is not a LLaVA stage; known: {', '.join(LLAVA_STAGES)}")
 
 
 def _section(d: dict[str, Any], key: str) -> dict[str, Any]:
@@ -148,10 +158,12 @@ def load_recipe(path: str | Path = RECIPE_YAML, scale: float = 1.0) -> RecipeCon
     clip = _dc(ClipConfig, _section(d, "clip"), "clip")
     world = _section(d, "world")
     stages = {"stage1": "", "stage2": "", **{s: None for s in (*CURRICULUM, *SECOND_PASS)}} | _section(d, "stages")
+    gates = _section(d, "gates")
     top = {"world": {"seed", "scenes", "image_size"}, "tokenizer": {"vocab_size"}, "convert": {"quant"},
-           "eval": {"seed", "n"}, "stages": set(stages)}
+           "eval": {"seed", "n"}, "stages": set(stages), "gates": {"seed", "n", *LLAVA_STAGES}}
     for name, keys in top.items():
-        _check_keys(_section(d, name), keys, name, {*CURRICULUM, *SECOND_PASS} if name == "stages" else set())
+        optional = {*CURRICULUM, *SECOND_PASS} if name == "stages" else set(LLAVA_STAGES) if name == "gates" else set()
+        _check_keys(_section(d, name), keys, name, optional)
     if "precision" not in d:
         raise UsageError("recipe: missing precision (the recipe states every value)")
     scenes = int(world["scenes"])
@@ -164,7 +176,10 @@ def load_recipe(path: str | Path = RECIPE_YAML, scale: float = 1.0) -> RecipeCon
         mix=_dc(DataMix, _section(d, "mix"), "mix"), vocab_size=int(d["tokenizer"]["vocab_size"]),
         lm=lm, clip=clip, stage1=stages["stage1"], stage2=stages["stage2"],
         **{s: stages[s] or "" for s in (*CURRICULUM, *SECOND_PASS)},  # optional stages: empty leaves one out
-        quant=d["convert"]["quant"], eval_seed=int(d["eval"]["seed"]), eval_n=int(d["eval"]["n"]),
+        quant=d["convert"]["quant"],
+        gates={s: _dc(Gate, g, f"gates.{s}") for s, g in gates.items() if s in LLAVA_STAGES},
+        gate_seed=int(gates["seed"]), gate_n=int(gates["n"]),
+        eval_seed=int(d["eval"]["seed"]), eval_n=int(d["eval"]["n"]),
         precision=str(d["precision"]), stage_scale=scale,
     )
 
@@ -273,14 +288,44 @@ class Recipe:
         if self.cfg.stage_scale != 1.0:  # a trial run: the preset's step count shrinks with everything else
             overrides.append(f"optim.max_steps={scaled_steps(cfg.optim.max_steps, self.cfg.stage_scale)}")
             cfg = load_config(preset, overrides)
+        gate, history = self.cfg.gates.get(stage), []
+        if gate is not None:
+            overrides += self._gate_overrides(gate, cfg)
+            cfg = load_config(preset, overrides)
         shutil.rmtree(cfg.train.out_dir, ignore_errors=True)  # a recipe run always starts the stage afresh
-        out = run_training(cfg)
+        probe = gate_probe(gate, self.cfg.gate_n, self.cfg.gate_seed, history) if gate else None
+        out = run_training(cfg, probe=probe)
         metrics = Path(out) / "metrics.jsonl"
         last = {}
         if metrics.is_file():
             lines = [json.loads(x) for x in metrics.read_text(encoding="utf-8").splitlines() if x.strip()]
             last = lines[-1] if lines else {}
-        return {"preset": preset, "overrides": overrides, "final": last}
+        result = {"preset": preset, "overrides": overrides, "final": last}
+        if gate is not None:
+            steps = int(last.get("step", 0))
+            if not history or history[-1]["step"] != steps:  # ran to the cap: score the model it ends with
+                probe(Path(out), steps)
+            result["gate"] = {"probe": gate.probe, "target": gate.target, "steps": steps, "history": history,
+                              "reached": history[-1]["score"] >= gate.target}
+            if not result["gate"]["reached"]:
+                log.warning("recipe: %s: the %s probe reached %.1f%% of %.1f%% by the cap, %d steps", stage,
+                            gate.probe, 100 * history[-1]["score"], 100 * gate.target, steps)
+        return result
+
+    def _gate_overrides(self, gate: Gate, cfg: Any) -> list[str]:
+        """The stage runs its preset's steps, then probes every `gate.every` steps up to the cap; its warmup stays
+        the preset's, as if the cap were not there (the schedule is constant after it)."""
+        import math
+
+        planned, scale = cfg.optim.max_steps, self.cfg.stage_scale
+        if not planned or cfg.optim.schedule != "constant":
+            raise UsageError(f"a gated stage needs optim.max_steps and a constant schedule ({cfg.train.out_dir})")
+        cap, every = scaled_steps(gate.max_steps, scale), scaled_steps(gate.every, scale)
+        if cap < planned:
+            raise UsageError(f"gate max_steps {gate.max_steps} is below the preset's optim.max_steps {planned}")
+        warmup = cfg.optim.warmup_steps or math.ceil(cfg.optim.warmup_ratio * planned)
+        return [f"optim.max_steps={cap}", f"optim.warmup_steps={warmup}", f"train.probe_after={planned}",
+                f"train.probe_every={every}"]
 
     def stage_stage1(self) -> dict[str, Any]:
         return self._train(self.cfg.stage1, "stage1", [])

@@ -72,8 +72,9 @@ def compare(a: Path, b: Path) -> dict[str, Any]:
 
 
 def summarize(reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Per split and type: each seed's accuracy (%), mean, min, max; and each run's seconds."""
-    out: dict[str, Any] = {"seeds": sorted(reports), "splits": {}, "seconds": {}}
+    """Per split and type: each seed's accuracy (%), mean, min, max; each run's seconds; and where each gated stage
+    stopped (steps, last probe score %)."""
+    out: dict[str, Any] = {"seeds": sorted(reports), "splits": {}, "seconds": {}, "gates": {}}
     for split, key in SPLITS.items():
         rows: dict[str, dict[str, Any]] = {}
         for seed in sorted(reports):
@@ -86,6 +87,9 @@ def summarize(reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
         out["splits"][split] = rows
     for seed, rep in reports.items():
         out["seconds"][seed] = rep.get("total_seconds")
+        gated = {stage: r["gate"] for stage, r in rep["stages"].items() if isinstance(r, dict) and r.get("gate")}
+        out["gates"][seed] = {stage: {"steps": g["steps"], "score": round(100 * g["history"][-1]["score"], 1)}
+                              for stage, g in gated.items()}
     return out
 
 
@@ -102,6 +106,11 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {spread} |")
         lines.append("")
     lines.append("wall time (s): " + ", ".join(f"seed {s}: {summary['seconds'][s]}" for s in seeds))
+    gates = summary.get("gates", {})
+    if any(gates.get(s) for s in seeds):
+        per_seed = {s: ", ".join(f"{stage} {g['steps']:,} steps ({g['score']:.1f}%)" for stage, g in gates[s].items())
+                    for s in seeds if gates.get(s)}
+        lines.append("gated stages (steps, last probe): " + "; ".join(f"seed {s}: {t}" for s, t in per_seed.items()))
     return "\n".join(lines)
 
 
