@@ -115,7 +115,7 @@ def pretrain_clip(pixels: Any, captions: Sequence[str], tokenizer_dir: str | Pat
     Bit-reproducible on one machine (torch build, thread count): the region terms gather rows by index, and the CPU
     backward of such a gather accumulates in whatever order its threads finish unless torch is asked for
     deterministic algorithms. Without that, two runs of the recipe grew towers up to 0.05 apart in a weight and
-    curricula 10 points apart (docs/demo-model-history.md, twelfth round)."""
+    curricula 10 points apart."""
     import torch
 
     was_deterministic = torch.are_deterministic_algorithms_enabled()

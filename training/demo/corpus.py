@@ -162,9 +162,8 @@ def relative_turn(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
     The relation curriculum's question. A yes/no relation ("Is the red circle to the left of the blue square?")
     depends on the relation word and on both cells together, and no one of them predicts the answer alone, so its
     loss gives the LLaMA nothing to start from (fine-tuned on them, its loss stays flat at 0.345, exactly
-    chance: docs/demo-model-history.md, eleventh round). Here the
-    first named object's cell alone predicts most of the answer, so the two lookups and the comparison can form a
-    piece at a time; the yes/no questions mixed in with them then follow."""
+    chance). Here the first named object's cell alone predicts most of the answer, so the two lookups and the
+    comparison can form a piece at a time; the yes/no questions mixed in with them then follow."""
     named = referable(scene)
     if len(named) < 2:
         return None
@@ -323,7 +322,7 @@ def region_phrases(scene: Scene, empty_cells: bool = False,
     empty grid cell as "top left: empty" over the whole cell, with as many objects at that place (seeded by the
     scene) as its hard negatives: a token that never learned what "empty" looks like half-matches some object's
     name, which keeps the LLM from finding the object a question names (with empty cells' features left at zero
-    the lookup probe reached 78.0%, with a best-match object's 42.3%: docs/demo-model-history.md, seventh round)."""
+    the lookup probe reached 78.0%, with a best-match object's 42.3%)."""
     pairs = [(f"{o.region}: {o.phrase()}", o.box,
               [f"{o.region}: {replace(o, shape=s).phrase()}" for s in SHAPES if s != o.shape]) for o in scene.objects]
     if empty_cells:

@@ -19,10 +19,10 @@ Stages (`--from STAGE` restarts at a stage, reusing the work dir's earlier outpu
 8. relation   curriculum, part 3, when `stages.relation` names a preset (`demo-relation`: projector + LLM on
               `relation.json`): where one object is relative to another, and yes/no relations. From the lookup stage
               its loss often stays on a plateau, but the second pass's relation stage, after it and stage 2, takes
-              off; without it, the second pass's did not either (docs/demo-model-history.md, fourteenth round)
+              off; without it, the second pass's did not either
 9. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM), from the last of stage1 and the curriculum run
 10. relation2 the relation stage again, from stage 2's model, when `stages.relation2` names a preset (on
-              `relation.json`): where the relation comparison forms (thirteenth round)
+              `relation.json`): where the relation comparison forms
 11. final     stage 2's data again, from relation2, when `stages.final` names a preset (`demo-final`: 3,000 steps)
 12. relation3 the relation stage a third time, from final, when `stages.relation3` names a preset: after the longer
               stage 2 it learns left and right as well as above and below, but forgets the rest ...
