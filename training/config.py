@@ -18,6 +18,7 @@ Sections:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -100,6 +101,10 @@ class OptimConfig:
     (warmup-stable-decay): constant at `lr`, then linear to 0 over the last `decay_ratio` of the steps."""
     decay_ratio: float = 0.2
     """`wsd` only: the share of all steps spent decaying linearly to 0 at the end."""
+
+    def warmup_for(self, total_steps: int) -> int:
+        """Warmup length in steps for a schedule of `total_steps`: `warmup_steps`, else `warmup_ratio` of them."""
+        return self.warmup_steps or math.ceil(self.warmup_ratio * total_steps)
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,7 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool, probe: Probe | None) -> P
         shard(model, dist, bf16, cfg.distributed.reshard_after_forward)
     model.train()
     optimizer = _optimizer(model, cfg)
-    warmup = cfg.optim.warmup_steps or math.ceil(cfg.optim.warmup_ratio * su.total_steps)
+    warmup = cfg.optim.warmup_for(su.total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(
         su.total_steps, warmup, cfg.optim.schedule, cfg.optim.decay_ratio))
     start, resumed_truncated = 0, 0
@@ -230,7 +230,7 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool, probe: Probe | None) -> P
                  "micro_batch_size": cfg.optim.micro_batch_size}
         ckpt.save(ckpt_root, step, model, optimizer, extra, dist, keep=cfg.train.keep_checkpoints)
 
-    step, done, stopped, truncated = start, start, None, resumed_truncated
+    step, done, stopped, truncated, exported = start, start, None, resumed_truncated, -1
     with _StopFlag() as stop:
         for step, batches in su.step_batches(start):
             t0 = time.perf_counter()
@@ -273,6 +273,7 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool, probe: Probe | None) -> P
                 break
             if probe is not None and probe_due(cfg, done, su.total_steps):
                 _export(su, out_dir, bf16, truncated, done)
+                exported = done
                 learned = float(probe(out_dir, done)) if dist.is_main else 0.0
                 if float(all_reduce_sum(torch.tensor([learned], device=dev), dist)[0]) > 0:
                     if dist.is_main:
@@ -289,7 +290,8 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool, probe: Probe | None) -> P
     if truncated and dist.is_main:
         print(f"{truncated} sample(s) of this run were longer than data.context_length="
               f"{cfg.data.context_length} and were truncated (see 'truncated' in metrics.jsonl)", file=sys.stderr)
-    _export(su, out_dir, bf16, truncated, done)
+    if exported != done:  # a probe that stopped the run has just exported this step's model
+        _export(su, out_dir, bf16, truncated, done)
     return out_dir
 
 

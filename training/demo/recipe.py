@@ -315,15 +315,13 @@ class Recipe:
     def _gate_overrides(self, gate: Gate, cfg: Any) -> list[str]:
         """The stage runs its preset's steps, then probes every `gate.every` steps up to the cap; its warmup stays
         the preset's, as if the cap were not there (the schedule is constant after it)."""
-        import math
-
         planned, scale = cfg.optim.max_steps, self.cfg.stage_scale
         if not planned or cfg.optim.schedule != "constant":
             raise UsageError(f"a gated stage needs optim.max_steps and a constant schedule ({cfg.train.out_dir})")
         cap, every = scaled_steps(gate.max_steps, scale), scaled_steps(gate.every, scale)
         if cap < planned:
             raise UsageError(f"gate max_steps {gate.max_steps} is below the preset's optim.max_steps {planned}")
-        warmup = cfg.optim.warmup_steps or math.ceil(cfg.optim.warmup_ratio * planned)
+        warmup = cfg.optim.warmup_for(planned)
         return [f"optim.max_steps={cap}", f"optim.warmup_steps={warmup}", f"train.probe_after={planned}",
                 f"train.probe_every={every}"]
 
