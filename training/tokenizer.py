@@ -16,9 +16,9 @@ Both return `out_dir`. The demo-model recipe reuses these trainers on real text;
 
 from __future__ import annotations
 
+import io
 import json
 import random
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -47,33 +47,30 @@ def train_sentencepiece(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = Path(tmp) / "corpus.txt"
-        with open(corpus, "w", encoding="utf-8") as f:
-            for t in texts:
-                # SentencePiece reads one sentence per line; newlines inside a text become separate lines.
-                for line in t.splitlines():
-                    if line.strip():
-                        f.write(line + "\n")
-        spm.SentencePieceTrainer.train(
-            input=str(corpus),
-            model_prefix=str(Path(tmp) / "sp"),
-            vocab_size=vocab_size,
-            model_type="bpe",
-            byte_fallback=True,
-            character_coverage=1.0,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            split_digits=True,
-            allow_whitespace_only_pieces=True,
-            unk_id=0,
-            bos_id=1,
-            eos_id=2,
-            pad_id=-1,
-            num_threads=1,
-            minloglevel=2,
-        )
-        (out / "tokenizer.model").write_bytes((Path(tmp) / "sp.model").read_bytes())
+    # SentencePiece reads one sentence per line; newlines inside a text become separate lines. Trained from an
+    # iterator into memory, the model records no input file or output prefix, so one corpus gives the same bytes
+    # wherever it runs (a temporary path in the model made every rebuild's checkpoints differ).
+    lines = (line for t in texts for line in t.splitlines() if line.strip())
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=lines,
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    (out / "tokenizer.model").write_bytes(model.getvalue())
 
     added = {}
     if add_image_token:

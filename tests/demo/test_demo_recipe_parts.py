@@ -237,6 +237,22 @@ def test_clip_pretrain_is_bit_reproducible(toy, tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()  # the global setting is restored afterwards
 
 
+def test_tokenizer_model_is_byte_identical_wherever_it_trains(tmp_path):
+    # Every checkpoint carries tokenizer.model, so a rebuild is byte-identical only if the model records no path of
+    # the machine it trained on (SentencePiece writes its input file and output prefix into the model).
+    import sentencepiece as spm
+
+    from training.tokenizer import tiny_corpus, train_sentencepiece
+
+    texts = tiny_corpus(200, seed=0)
+    models = [(train_sentencepiece(texts, tmp_path / run / "deeper", vocab_size=400) / "tokenizer.model").read_bytes()
+              for run in ("a", "b")]
+    assert models[0] == models[1]
+    assert str(tmp_path).encode() not in models[0] and b"/tmp" not in models[0]
+    sp = spm.SentencePieceProcessor(model_proto=models[0])
+    assert sp.vocab_size() == 400 and sp.decode(sp.encode(texts[0])) == texts[0]
+
+
 def test_region_phrases_have_every_other_shape_as_hard_negatives():
     from training.datagen.world import SHAPES, make_scene
     from training.demo.corpus import region_phrases, scene_text

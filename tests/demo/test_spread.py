@@ -39,23 +39,26 @@ def test_summary_says_where_each_gated_stage_stopped():
             "seed 1: listing 5,000 steps (91.2%)") in markdown(s)
 
 
-def _run_dir(root, weights: bytes, manifest: str):
+def _run_dir(root, weights: bytes, manifest: str, init_from: str = "stage1"):
     (root / "bundle").mkdir(parents=True)
     (root / "final").mkdir()
     (root / "bundle" / "llm-q8_0.gguf").write_bytes(weights)
     (root / "bundle" / "manifest.json").write_text(manifest)
     (root / "final" / "model.safetensors").write_bytes(weights * 2)
+    (root / "final" / "llava_local.json").write_text(json.dumps({"init_from": f"{root.as_posix()}/{init_from}"}))
     return root
 
 
-def test_rerun_comparison_sees_a_changed_weight_but_not_timings(tmp_path):
+def test_rerun_comparison_sees_a_changed_weight_but_not_timings_or_the_work_dirs_name(tmp_path):
     a = _run_dir(tmp_path / "a", b"\x01\x02", '{"timings": 1}')
     same_but_timings = _run_dir(tmp_path / "b", b"\x01\x02", '{"timings": 2}')
     other = _run_dir(tmp_path / "c", b"\x01\x03", '{"timings": 1}')
+    other_init = _run_dir(tmp_path / "d", b"\x01\x02", '{"timings": 1}', init_from="stage2")
     ok = compare(a, same_but_timings)
-    assert ok["identical"] and ok["files"] == 3 and ok["differ"] == ["bundle/manifest.json"]
+    assert ok["identical"] and ok["files"] == 4 and ok["differ"] == ["bundle/manifest.json"]
     bad = compare(a, other)
     assert not bad["identical"] and bad["differ"] == ["bundle/llm-q8_0.gguf", "final/model.safetensors"]
+    assert compare(a, other_init)["differ"] == ["final/llava_local.json"]  # only the run's own name is set aside
 
 
 def test_a_finished_seed_is_read_not_run(tmp_path):

@@ -5,7 +5,8 @@ Contract:
   once per clip seed, each in `work/clip-seed-N/` with its bundle in `work/clip-seed-N/bundle`; a seed whose run
   finished before (its `recipe-report.json` has an eval) is read, not run again. With `rerun=N`, seed N runs a second
   time in `work/clip-seed-N-rerun/` and every file of the two bundles and of their checkpoints after stage 2 is
-  compared by SHA-256: the recipe is byte-reproducible on one machine when they all agree.
+  compared by SHA-256 (in JSON files, the work dir's own name aside): the recipe is byte-reproducible on one machine
+  when they all agree.
 - `summarize(reports)` → per phrasing split (teacher, held-out) and per question type: each seed's accuracy, their
   mean and range; and each run's wall time. `markdown(summary)` renders it as the tables in docs/demo-model.md.
   `work/spread.json` gets the summary.
@@ -52,12 +53,20 @@ def run_one(seed: int, work: Path, config: str | Path = RECIPE_YAML) -> dict[str
 
 
 def digests(run: Path) -> dict[str, str]:
-    """SHA-256 of every file of a run's bundle and of its checkpoints after stage 2, by path relative to the run."""
+    """SHA-256 of every file of a run's bundle and of its checkpoints after stage 2, by path relative to the run.
+
+    The checkpoints' JSON files record where their inputs were (`<run>/stage1`, ...), so a rerun in another work dir
+    differs there by its name alone: in JSON, the run's own path is read as `<run>` before hashing."""
+    names = sorted({run.as_posix(), run.resolve().as_posix()}, key=len, reverse=True)
     out = {}
     for top in ("bundle", *(s for s in SECOND_PASS if (run / s).is_dir())):
         for f in sorted((run / top).rglob("*")):
             if f.is_file():
-                out[f.relative_to(run).as_posix()] = hashlib.sha256(f.read_bytes()).hexdigest()
+                data = f.read_bytes()
+                if f.suffix == ".json":
+                    for name in names:
+                        data = data.replace(name.encode(), b"<run>")
+                out[f.relative_to(run).as_posix()] = hashlib.sha256(data).hexdigest()
     return out
 
 
