@@ -65,7 +65,7 @@ SECOND_PASS = ("relation2", "final", "relation3", "polish")  # optional stages a
 LLAVA_STAGES = ("stage1", *CURRICULUM, "stage2", *SECOND_PASS)  # the stages that train LLaVA, in STAGES order
 # stages that reuse another stage's data file
 DATA_OF = {"relation2": "relation", "final": "stage2", "relation3": "relation", "polish": "stage2"}
-RECIPE_ID = "llava-local-tiny/16"  # bump when the recipe changes what it trains
+RECIPE_ID = "llava-local-tiny/17"  # bump when the recipe changes what it trains
 # Shown by the chat app on an empty conversation and by `llava-local info`: questions in the phrasings the demo
 # model was trained on, about kinds of object any scene of its world may hold.
 SUGGESTED_PROMPTS = (
