@@ -3,6 +3,7 @@ listing probe asks exactly what the listing stage trains; the gates' scenes are 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def test_the_listing_probe_asks_what_the_listing_stage_trains(listing_data):
         assert region == rest.split(".")[0].strip()
 
 
-def test_a_gated_stage_probes_until_the_target_or_the_cap(tmp_path):
+def test_a_gated_stage_probes_until_the_target_or_the_cap(tmp_path, caplog):
     """A whole tiny recipe up to the listing stage: with a target no model reaches, the stage probes after its
     preset's steps and every `every` steps after, to the cap, and the report says so; with a target every model
     reaches, it stops at the first probe."""
@@ -108,12 +109,15 @@ def test_a_gated_stage_probes_until_the_target_or_the_cap(tmp_path):
     cfg = replace(base, scenes=40, image_size=32, lm=toy_lm(), clip=toy_clip(), gate_n=4,
                   gates={"listing": Gate("listing", 1.0, 1000, 4000)})
     work = tmp_path / "work"
+    caplog.set_level(logging.INFO, logger="training.demo.gates")
     planned = scaled_steps(load_config(cfg.listing).optim.max_steps, 0.01)
     every, cap = scaled_steps(1000, 0.01), scaled_steps(4000, 0.01)
     never = Recipe(cfg, work, tmp_path / "out", {}).run("data", "listing")["stages"]["listing"]["gate"]
     assert [h["step"] for h in never["history"]] == list(range(planned, cap + 1, every))
     assert never["steps"] == cap and not never["reached"]
     assert all(0 <= h["score"] <= 1 for h in never["history"])
+    said = [r.getMessage() for r in caplog.records if r.name == "training.demo.gates"]  # each probe is logged
+    assert said == [f"step {h['step']}: listing probe {100 * h['score']:.1f}% (target 100%)" for h in never["history"]]
 
     cfg = replace(cfg, gates={"listing": Gate("listing", 0.0, 1000, 4000)})  # target 0: one probe, recorded
     first = Recipe(cfg, work, tmp_path / "out", {}).run("listing", "listing")["stages"]["listing"]["gate"]

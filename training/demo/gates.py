@@ -18,12 +18,15 @@ the training world nor the eval's, so the gate never selects on the scenes the m
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llava_local.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,9 @@ def gate_probe(gate: Gate, n: int, seed: int, history: list[dict[str, Any]]):
     def probe(out_dir: Path, step: int) -> bool:
         score = PROBES[gate.probe](out_dir, n, seed)
         history.append({"step": step, "score": round(score, 4)})
+        # a gated stage can run for an hour past its preset: say after each probe where it stands
+        log.info("step %d: %s probe %.1f%% (target %.0f%%)", step, gate.probe, 100 * history[-1]["score"],
+                 100 * gate.target)
         return score >= gate.target
 
     return probe
