@@ -45,10 +45,13 @@ demo-model: $(STAMP)
 
 # The recipe's spread across vision-tower seeds (not in CI): three whole runs from nothing, then clip seed 0 again
 # to check that a rerun is byte-identical; prints mean and range per question type and phrasing split.
-# A seed whose run finished before is read, not run again (rm -rf build/demo-spread to start over).
+# A seed whose run finished before is read, not run again (rm -rf build/demo-spread to start over); each finished
+# run leaves its report and file digests in docs/demo-model-runs, which stand in for its work dir once that is gone.
 SPREAD_SEEDS ?= 0 1 2
+SPREAD_RERUN ?= $(firstword $(SPREAD_SEEDS))
 demo-model-spread: $(STAMP)
-	$(PY) -m training.demo.spread --seeds $(SPREAD_SEEDS) --rerun $(firstword $(SPREAD_SEEDS)) --work build/demo-spread
+	$(PY) -m training.demo.spread --seeds $(SPREAD_SEEDS) --rerun $(SPREAD_RERUN) --work build/demo-spread \
+	  --records docs/demo-model-runs
 
 # ScienceQA on the synthetic release with the demo model after a tiny fine-tune (docs/scienceqa.md); needs the
 # demo recipe's checkpoint (make demo-model leaves it in build/demo/polish).

@@ -4,8 +4,10 @@ seed is read rather than run again. The whole runs are `make demo-model-spread` 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
-from training.demo.spread import compare, markdown, run_one, summarize
+from training.demo.recipe import RECIPE_YAML as RECIPE
+from training.demo.spread import _config, compare, digests, markdown, read_record, run_one, summarize
 
 
 def _report(teacher: dict[str, float], heldout: dict[str, float], seconds: float) -> dict:
@@ -65,3 +67,61 @@ def test_a_finished_seed_is_read_not_run(tmp_path):
     done = _report({"colour": 1.0}, {"colour": 1.0}, 5.0)
     (tmp_path / "recipe-report.json").write_text(json.dumps(done))
     assert run_one(7, tmp_path) == done  # no data, no training: it would fail on an empty work dir otherwise
+
+
+def test_a_finished_run_leaves_a_record_that_stands_in_for_its_work_dir_once_it_is_gone(tmp_path):
+    run, records = _run_dir(tmp_path / "clip-seed-7", b"\x05", "{}"), tmp_path / "records"
+    done = _report({"colour": 1.0}, {"colour": 0.5}, 5.0) | {"config": asdict(_config(7, RECIPE))}
+    (run / "recipe-report.json").write_text(json.dumps(done))
+    assert run_one(7, run, records=records)["total_seconds"] == 5.0
+    rec = json.loads((records / "clip-seed-7.json").read_text())
+    assert rec["clip_seed"] == 7 and rec["digests"] == digests(run) and "final/model.safetensors" in rec["digests"]
+    before = digests(run)
+    for f in sorted(run.rglob("*"), reverse=True):
+        f.unlink() if f.is_file() else f.rmdir()
+    assert run_one(7, run, records=records)["stages"]["eval"]["bundle/heldout"]["overall"] == 0.5  # read, not run
+    assert compare(rec["digests"], _run_dir(tmp_path / "again", b"\x05", "{}"))["differ"] == []
+    assert compare(before, _run_dir(tmp_path / "other", b"\x06", "{}"))["differ"] == [
+        "bundle/llm-q8_0.gguf", "final/model.safetensors"]
+
+
+def test_a_record_of_another_recipe_config_is_not_read(tmp_path):
+    records = tmp_path / "records"
+    records.mkdir()
+    cfg = asdict(_config(3, RECIPE))
+    for seed, config in ((3, cfg), (4, cfg), (5, cfg | {"scenes": cfg["scenes"] + 1})):
+        rec = {"clip_seed": seed, "report": {"config": config}, "digests": {}}
+        (records / f"clip-seed-{seed}.json").write_text(json.dumps(rec))
+    assert read_record(records, 3, RECIPE) is not None
+    assert read_record(records, 4, RECIPE) is None  # seed 4's run was made with clip seed 3
+    assert read_record(records, 5, RECIPE) is None and read_record(records, 6, RECIPE) is None
+
+
+def test_a_rerun_is_compared_with_the_record_when_the_first_run_is_gone(tmp_path, monkeypatch):
+    """The recipe is replaced by one that writes a run's files (weights `b"\\x09"` for any seed), so this checks the
+    spread's bookkeeping: seed 2 ran on another machine and left only its record."""
+    import training.demo.spread as spread
+
+    class FakeRecipe:
+        def __init__(self, cfg, work, out, overrides):
+            self.cfg, self.work = cfg, work
+
+        def run(self):
+            _run_dir(self.work, b"\x09", "{}")
+            report = _report({"colour": 1.0}, {"colour": 1.0}, 1.0) | {"config": asdict(self.cfg)}
+            (self.work / "recipe-report.json").write_text(json.dumps(report))
+            return json.loads(json.dumps(report))
+
+    monkeypatch.setattr(spread, "Recipe", FakeRecipe)
+    records = tmp_path / "records"
+    spread.run_spread([2], tmp_path / "elsewhere", config=RECIPE, records=records)
+    assert (records / "clip-seed-2.json").is_file()
+    s = spread.run_spread([2], tmp_path / "here", rerun=2, config=RECIPE, records=records)
+    assert not (tmp_path / "here" / "clip-seed-2").exists()  # seed 2 was read from its record, not run again
+    assert s["rerun"] | {"files": 0} == {"seed": 2, "against": "record", "files": 0, "identical": True,
+                                         "differ": []}
+    rec = json.loads((records / "clip-seed-2.json").read_text())
+    rec["digests"]["final/model.safetensors"] = "0" * 64
+    (records / "clip-seed-2.json").write_text(json.dumps(rec))
+    s = spread.run_spread([2], tmp_path / "there", rerun=2, config=RECIPE, records=records)
+    assert not s["rerun"]["identical"] and "final/model.safetensors" in s["rerun"]["differ"]

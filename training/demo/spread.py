@@ -10,6 +10,12 @@ Contract:
 - `summarize(reports)` → per phrasing split (teacher, held-out) and per question type: each seed's accuracy, their
   mean and range; and each run's wall time. `markdown(summary)` renders it as the tables in docs/demo-model.md.
   `work/spread.json` gets the summary.
+- With `records=DIR` (`make demo-model-spread` passes `docs/demo-model-runs`), each finished run also leaves a record
+  in DIR, `clip-seed-N.json`: its report and its files' digests. A seed with no finished work dir but a record made
+  with the same recipe config is read from the record, and a rerun whose first run's work dir is gone is compared
+  with the record's digests. A whole run takes hours and a work dir does not outlive its machine, so the records,
+  kept in git, are how a spread is put together from runs made on different days (and a rerun checked across
+  machines).
 
 Only the clip seed varies: it sets the tower's initialisation and batch order, the one stage whose outcome varied
 between runs; the world, the data and the LLaVA stages keep their seeds, so the spread is the tower's.
@@ -24,13 +30,13 @@ import logging
 import os
 import statistics
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from llava_local.errors import LlavaLocalError
 
-from .recipe import RECIPE_YAML, SECOND_PASS, Recipe, load_recipe
+from .recipe import RECIPE_YAML, SECOND_PASS, Recipe, RecipeConfig, load_recipe
 
 SPLITS = {"teacher": "bundle", "heldout": "bundle/heldout"}  # split → the eval stage's key for the bundle's result
 
@@ -43,13 +49,43 @@ def _report(work: Path) -> dict[str, Any] | None:
     return report if "bundle/heldout" in report.get("stages", {}).get("eval", {}) else None
 
 
-def run_one(seed: int, work: Path, config: str | Path = RECIPE_YAML) -> dict[str, Any]:
-    """The recipe from nothing with clip seed `seed` in `work` (or its finished report)."""
-    if (done := _report(work)) is not None:
-        return done
+def _config(seed: int, config: str | Path) -> RecipeConfig:
     cfg = load_recipe(config)
-    cfg = replace(cfg, clip=replace(cfg.clip, seed=seed))
-    return Recipe(cfg, work, work / "bundle", {}).run()
+    return replace(cfg, clip=replace(cfg.clip, seed=seed))
+
+
+def record_path(records: Path, seed: int) -> Path:
+    return records / f"clip-seed-{seed}.json"
+
+
+def read_record(records: Path | None, seed: int, config: str | Path = RECIPE_YAML) -> dict[str, Any] | None:
+    """The record of seed `seed`'s finished run, if there is one made with this very recipe config (a changed recipe
+    leaves its old records unread)."""
+    if records is None or not (path := record_path(records, seed)).is_file():
+        return None
+    rec = json.loads(path.read_text(encoding="utf-8"))
+    same = rec.get("report", {}).get("config") == json.loads(json.dumps(asdict(_config(seed, config))))
+    return rec if same else None
+
+
+def write_record(records: Path, seed: int, run: Path, report: dict[str, Any]) -> Path:
+    path = record_path(records, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = {"clip_seed": seed, "report": report, "digests": digests(run)}
+    path.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def run_one(seed: int, work: Path, config: str | Path = RECIPE_YAML, records: Path | None = None) -> dict[str, Any]:
+    """The recipe from nothing with clip seed `seed` in `work`, or its finished report (from `work`, else from its
+    record); a run finished in `work` is recorded in `records`."""
+    if (done := _report(work)) is None:
+        if (rec := read_record(records, seed, config)) is not None:
+            return rec["report"]
+        done = Recipe(_config(seed, config), work, work / "bundle", {}).run()
+    if records is not None:
+        write_record(records, seed, work, done)
+    return done
 
 
 def digests(run: Path) -> dict[str, str]:
@@ -70,10 +106,10 @@ def digests(run: Path) -> dict[str, str]:
     return out
 
 
-def compare(a: Path, b: Path) -> dict[str, Any]:
-    """Which files differ between two runs' bundles and checkpoints after stage 2 (the manifest and the training
-    metrics carry timings, so they are listed apart)."""
-    da, db = digests(a), digests(b)
+def compare(a: Path | dict[str, str], b: Path | dict[str, str]) -> dict[str, Any]:
+    """Which files differ between two runs' bundles and checkpoints after stage 2, each given as its work dir or as
+    its digests (the manifest and the training metrics carry timings, so they are listed apart)."""
+    da, db = (x if isinstance(x, dict) else digests(x) for x in (a, b))
     differ = sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))
     timed = [k for k in differ if k == "bundle/manifest.json" or k.endswith("/metrics.jsonl")]
     return {"files": len(da), "identical": len(timed) == len(differ),
@@ -124,15 +160,19 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def run_spread(seeds: list[int], work: Path, rerun: int | None = None,
-               config: str | Path = RECIPE_YAML) -> dict[str, Any]:
-    reports = {s: run_one(s, work / f"clip-seed-{s}", config) for s in seeds}
+               config: str | Path = RECIPE_YAML, records: Path | None = None) -> dict[str, Any]:
+    reports = {s: run_one(s, work / f"clip-seed-{s}", config, records) for s in seeds}
     summary = summarize(reports)
     if rerun is not None:
-        first = work / f"clip-seed-{rerun}"
+        first: Path | dict[str, str] = work / f"clip-seed-{rerun}"
         if rerun not in reports:
-            run_one(rerun, first, config)
-        run_one(rerun, work / f"clip-seed-{rerun}-rerun", config)
-        summary["rerun"] = {"seed": rerun, **compare(first, work / f"clip-seed-{rerun}-rerun")}
+            run_one(rerun, first, config, records)
+        if _report(first) is None:  # read from its record: compare with the files that run made, wherever it ran
+            first = read_record(records, rerun, config)["digests"]
+        again = work / f"clip-seed-{rerun}-rerun"
+        run_one(rerun, again, config)
+        summary["rerun"] = {"seed": rerun, "against": "record" if isinstance(first, dict) else "work dir",
+                            **compare(first, again)}
     (work / "spread.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -144,18 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rerun", type=int, default=None, metavar="SEED",
                    help="run this seed a second time and compare the two runs' files byte for byte")
     p.add_argument("--config", default=str(RECIPE_YAML), help="recipe YAML")
+    p.add_argument("--records", default=None, metavar="DIR",
+                   help="keep each finished run's report and file digests here, and read seeds (and a rerun's first "
+                        "run) from here when their work dirs are gone")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        summary = run_spread(args.seeds, Path(args.work), args.rerun, args.config)
+        summary = run_spread(args.seeds, Path(args.work), args.rerun, args.config,
+                             Path(args.records) if args.records else None)
     except LlavaLocalError as e:
         print(f"spread: error: {e}", file=sys.stderr)
         return e.exit_code
     print(markdown(summary))
     if "rerun" in summary:
         r = summary["rerun"]
-        print(f"rerun of clip seed {r['seed']}: {r['files']} files, "
+        print(f"rerun of clip seed {r['seed']} (against its {r['against']}): {r['files']} files, "
               + ("byte-identical" if r["identical"] else f"differ: {', '.join(r['differ'])}"))
     return 0
 
