@@ -125,3 +125,17 @@ def test_a_rerun_is_compared_with_the_record_when_the_first_run_is_gone(tmp_path
     (records / "clip-seed-2.json").write_text(json.dumps(rec))
     s = spread.run_spread([2], tmp_path / "there", rerun=2, config=RECIPE, records=records)
     assert not s["rerun"]["identical"] and "final/model.safetensors" in s["rerun"]["differ"]
+
+
+def test_the_committed_records_are_of_the_current_recipe():
+    """docs/demo-model-runs holds the spread's runs (docs/demo-model.md quotes them); when the recipe changes, they
+    are no longer its runs and must move to the history, not sit there unread."""
+    from pathlib import Path
+
+    records = Path(__file__).resolve().parents[2] / "docs" / "demo-model-runs"
+    for path in sorted(records.glob("clip-seed-*.json")):
+        seed = int(path.stem.removeprefix("clip-seed-"))
+        rec = read_record(records, seed, RECIPE)
+        assert rec is not None, f"{path.name} was made with another recipe config"
+        assert rec["clip_seed"] == seed and "bundle/llm-q8_0.gguf" in rec["digests"]
+        assert {"bundle", "bundle/heldout"} <= rec["report"]["stages"]["eval"].keys()
