@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 from training.demo.recipe import RECIPE_YAML as RECIPE
 from training.demo.spread import _config, compare, digests, markdown, read_record, run_one, summarize
@@ -130,8 +131,6 @@ def test_a_rerun_is_compared_with_the_record_when_the_first_run_is_gone(tmp_path
 def test_the_committed_records_are_of_the_current_recipe():
     """docs/demo-model-runs holds the spread's runs (docs/demo-model.md quotes them); when the recipe changes, they
     are no longer its runs and must move to the history, not sit there unread."""
-    from pathlib import Path
-
     records = Path(__file__).resolve().parents[2] / "docs" / "demo-model-runs"
     for path in sorted(records.glob("clip-seed-*.json")):
         seed = int(path.stem.removeprefix("clip-seed-"))

@@ -64,7 +64,8 @@ def read_record(records: Path | None, seed: int, config: str | Path = RECIPE_YAM
     if records is None or not (path := record_path(records, seed)).is_file():
         return None
     rec = json.loads(path.read_text(encoding="utf-8"))
-    same = rec.get("report", {}).get("config") == json.loads(json.dumps(asdict(_config(seed, config))))
+    # the config as the recipe wrote it into its report (JSON, `default=str`), so tuples and the like compare equal
+    same = rec.get("report", {}).get("config") == json.loads(json.dumps(asdict(_config(seed, config)), default=str))
     return rec if same else None
 
 
