@@ -13,7 +13,8 @@ from test_demo_recipe_parts import plain_mix, toy_clip, toy_lm
 from llava_local.errors import UsageError
 from training.config import load_config
 from training.demo.gates import Gate
-from training.demo.recipe import RECIPE_YAML, Recipe, load_recipe, scaled_steps
+from training.demo.recipe import Recipe
+from training.demo.recipe_config import RECIPE_YAML, load_recipe, scaled_steps
 
 pytest.importorskip("torch")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from training.config import load_config
-from training.demo.recipe import RECIPE_YAML, STAGES, load_recipe
+from training.demo.recipe_config import RECIPE_YAML, STAGES, load_recipe
 
 torch = pytest.importorskip("torch")
 
@@ -75,7 +75,7 @@ def test_recipe_yaml_and_stage_presets_validate():
 
 
 def test_scale_shrinks_a_trial_run():
-    from training.demo.recipe import scaled_steps
+    from training.demo.recipe_config import scaled_steps
 
     full, small = load_recipe(RECIPE_YAML), load_recipe(RECIPE_YAML, scale=0.1)
     assert small.scenes < full.scenes and small.lm.steps < full.lm.steps and small.clip.steps < full.clip.steps
@@ -167,7 +167,8 @@ def test_recipe_precision_is_validated_and_auto_follows_the_cpu(tmp_path):
     from dataclasses import replace
 
     from llava_local.errors import UsageError
-    from training.demo.recipe import Recipe, native_bf16
+    from training.demo.recipe import Recipe
+    from training.demo.recipe_config import native_bf16
 
     cfg = load_recipe(RECIPE_YAML)
     with pytest.raises(UsageError, match="precision"):

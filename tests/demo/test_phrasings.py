@@ -23,7 +23,7 @@ from training.demo.phrasings import (
 
 def _training_questions(tmp_path, n_scenes: int = 40) -> set[str]:
     """Every user turn of the recipe's data files (stage 1, curriculum, stage 2) for world 0's first scenes."""
-    from training.demo.recipe import load_recipe
+    from training.demo.recipe_config import load_recipe
 
     cfg = load_recipe()
     build_dataset(tmp_path, [make_scene(cfg.world_seed, i) for i in range(n_scenes)], 32, cfg.world_seed, cfg.mix)
@@ -65,7 +65,7 @@ def test_heldout_wordings_never_occur_in_the_training_data(tmp_path):
 def test_training_data_asks_in_natural_wordings(tmp_path):
     """The recipe's data does ask in people's wordings (American spelling, no instruction, sentence answers), so the
     held-out check above compares against a data set that has them."""
-    from training.demo.recipe import load_recipe
+    from training.demo.recipe_config import load_recipe
 
     cfg = load_recipe()
     assert cfg.mix.natural > 0

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from training.demo.recipe import RECIPE_YAML as RECIPE
+from training.demo.recipe_config import RECIPE_YAML as RECIPE
 from training.demo.spread import _config, compare, digests, markdown, read_record, run_one, summarize
 
 

@@ -36,7 +36,8 @@ from typing import Any
 
 from llava_local.errors import LlavaLocalError
 
-from .recipe import RECIPE_YAML, SECOND_PASS, Recipe, RecipeConfig, load_recipe
+from .recipe import Recipe
+from .recipe_config import RECIPE_YAML, SECOND_PASS, RecipeConfig, load_recipe
 
 SPLITS = {"teacher": "bundle", "heldout": "bundle/heldout"}  # split → the eval stage's key for the bundle's result
 
