@@ -38,10 +38,12 @@ chat: $(STAMP)
 	$(VENV)/bin/llava-local chat $(if $(MODEL),--model $(MODEL)) $(IMAGE)
 
 # Rebuild the demo model from nothing with the project's own recipe, in one run (wall time on 2 CPU cores:
-# docs/demo-model.md, Time). The work dir is cleared first, so nothing of an earlier run is reused.
+# docs/demo-model.md, Time). The work dir is cleared first, so nothing of an earlier run is reused. The run is also
+# the spread's run of the recipe's clip seed: its record (report, file digests) goes to docs/demo-model-runs.
 demo-model: $(STAMP)
 	rm -rf build/demo
 	$(PY) -m training.demo.recipe --out models/llava-local-tiny --work build/demo
+	$(PY) -m training.demo.spread --record build/demo --bundle models/llava-local-tiny --records docs/demo-model-runs
 
 # The recipe's spread across vision-tower seeds (not in CI): three whole runs from nothing, then clip seed 0 again
 # to check that a rerun is byte-identical; prints mean and range per question type and phrasing split.

@@ -7,8 +7,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
+
+from llava_local.errors import UsageError
 from training.demo.recipe_config import RECIPE_YAML as RECIPE
-from training.demo.spread import _config, compare, digests, markdown, read_record, run_one, summarize
+from training.demo.spread import _config, compare, digests, main, markdown, read_record, record_run, run_one, summarize
 
 
 def _report(teacher: dict[str, float], heldout: dict[str, float], seconds: float) -> dict:
@@ -84,6 +87,34 @@ def test_a_finished_run_leaves_a_record_that_stands_in_for_its_work_dir_once_it_
     assert compare(rec["digests"], _run_dir(tmp_path / "again", b"\x05", "{}"))["differ"] == []
     assert compare(before, _run_dir(tmp_path / "other", b"\x06", "{}"))["differ"] == [
         "bundle/llm-q8_0.gguf", "final/model.safetensors"]
+
+
+def test_make_demo_models_run_is_recorded_as_its_clip_seeds_run_with_the_shipped_bundle(tmp_path, capsys):
+    """`make demo-model` writes its bundle outside the work dir; its record names the files as a spread run's do, so
+    a rerun of that seed in the spread is compared with the shipped files."""
+    run, shipped, records = _run_dir(tmp_path / "demo", b"\x07", "{}"), tmp_path / "tiny", tmp_path / "records"
+    (run / "bundle").rename(shipped)
+    seed = _config(0, RECIPE).clip.seed
+
+    def report(**changed) -> str:
+        config = asdict(_config(seed, RECIPE)) | changed
+        return json.dumps(_report({"colour": 1.0}, {"colour": 1.0}, 5.0) | {"config": config})
+
+    (run / "recipe-report.json").write_text(report())
+    assert main(["--record", str(run), "--bundle", str(shipped), "--records", str(records)]) == 0
+    rec = read_record(records, seed, RECIPE)
+    assert rec is not None and rec["digests"] == digests(_run_dir(tmp_path / "spread-run", b"\x07", "{}"))
+    # a run of another config, an unfinished run, no bundle: a one-line error and nothing recorded
+    (run / "recipe-report.json").write_text(report(scenes=1))
+    assert main(["--record", str(run), "--bundle", str(shipped), "--records", str(tmp_path / "r2")]) == 2
+    assert "another recipe config" in capsys.readouterr().err
+    (run / "recipe-report.json").write_text("{}")
+    assert main(["--record", str(run), "--bundle", str(shipped), "--records", str(tmp_path / "r2")]) == 2
+    assert "no finished recipe run" in capsys.readouterr().err
+    (run / "recipe-report.json").write_text(report())
+    with pytest.raises(UsageError, match="not a bundle"):
+        record_run(tmp_path / "r2", run, tmp_path / "nowhere", RECIPE)
+    assert not (tmp_path / "r2").exists()
 
 
 def test_a_record_of_another_recipe_config_is_not_read(tmp_path):

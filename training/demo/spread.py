@@ -15,7 +15,8 @@ Contract:
   with the same recipe config is read from the record, and a rerun whose first run's work dir is gone is compared
   with the record's digests. A whole run takes hours and a work dir does not outlive its machine, so the records,
   kept in git, are how a spread is put together from runs made on different days (and a rerun checked across
-  machines).
+  machines). `record_run(records, run, bundle)` (`--record RUN`) records a run made outside the spread: `make
+  demo-model` records its own, the shipped bundle's, as the run of the recipe's clip seed.
 
 Only the clip seed varies: it sets the tower's initialisation and batch order, the one stage whose outcome varied
 between runs; the world, the data and the LLaVA stages keep their seeds, so the spread is the tower's.
@@ -34,7 +35,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from llava_local.errors import LlavaLocalError
+from llava_local.errors import LlavaLocalError, UsageError
 
 from .recipe import Recipe
 from .recipe_config import RECIPE_YAML, SECOND_PASS, RecipeConfig, load_recipe
@@ -59,23 +60,40 @@ def record_path(records: Path, seed: int) -> Path:
     return records / f"clip-seed-{seed}.json"
 
 
+def _same_config(report: dict[str, Any], seed: int, config: str | Path) -> bool:
+    """Was this report's run made with `config` and clip seed `seed`? The config is compared as the recipe wrote it
+    into its report (JSON, `default=str`), so tuples and the like compare equal."""
+    return report.get("config") == json.loads(json.dumps(asdict(_config(seed, config)), default=str))
+
+
 def read_record(records: Path | None, seed: int, config: str | Path = RECIPE_YAML) -> dict[str, Any] | None:
     """The record of seed `seed`'s finished run, if there is one made with this very recipe config (a changed recipe
     leaves its old records unread)."""
     if records is None or not (path := record_path(records, seed)).is_file():
         return None
     rec = json.loads(path.read_text(encoding="utf-8"))
-    # the config as the recipe wrote it into its report (JSON, `default=str`), so tuples and the like compare equal
-    same = rec.get("report", {}).get("config") == json.loads(json.dumps(asdict(_config(seed, config)), default=str))
-    return rec if same else None
+    return rec if _same_config(rec.get("report", {}), seed, config) else None
 
 
-def write_record(records: Path, seed: int, run: Path, report: dict[str, Any]) -> Path:
+def write_record(records: Path, seed: int, run: Path, report: dict[str, Any], bundle: Path | None = None) -> Path:
     path = record_path(records, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rec = {"clip_seed": seed, "report": report, "digests": digests(run)}
+    rec = {"clip_seed": seed, "report": report, "digests": digests(run, bundle)}
     path.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return path
+
+
+def record_run(records: Path, run: Path, bundle: Path | None = None, config: str | Path = RECIPE_YAML) -> Path:
+    """Record a finished recipe run made outside the spread: `make demo-model`'s run, whose bundle is the shipped one
+    (`bundle`, else `run/bundle`), is the spread's run of the recipe's own clip seed."""
+    if (report := _report(run)) is None:
+        raise UsageError(f"{run} holds no finished recipe run (no recipe-report.json with both evals)")
+    seed = int(report.get("config", {}).get("clip", {}).get("seed", -1))
+    if not _same_config(report, seed, config):
+        raise UsageError(f"{run} was made with another recipe config than {config}")
+    if not ((bundle or run / "bundle") / "manifest.json").is_file():
+        raise UsageError(f"{bundle or run / 'bundle'} is not a bundle (no manifest.json)")
+    return write_record(records, seed, run, report, bundle)
 
 
 def run_one(seed: int, work: Path, config: str | Path = RECIPE_YAML, records: Path | None = None) -> dict[str, Any]:
@@ -90,21 +108,23 @@ def run_one(seed: int, work: Path, config: str | Path = RECIPE_YAML, records: Pa
     return done
 
 
-def digests(run: Path) -> dict[str, str]:
-    """SHA-256 of every file of a run's bundle and of its checkpoints after stage 2, by path relative to the run.
+def digests(run: Path, bundle: Path | None = None) -> dict[str, str]:
+    """SHA-256 of every file of a run's bundle (`bundle`, else `run/bundle`; named `bundle/...` either way) and of its
+    checkpoints after stage 2, by path relative to the run.
 
     The checkpoints' JSON files record where their inputs were (`<run>/stage1`, ...), so a rerun in another work dir
     differs there by its name alone: in JSON, the run's own path is read as `<run>` before hashing."""
     names = sorted({run.as_posix(), run.resolve().as_posix()}, key=len, reverse=True)
     out = {}
-    for top in ("bundle", *(s for s in SECOND_PASS if (run / s).is_dir())):
-        for f in sorted((run / top).rglob("*")):
+    tops = {"bundle": bundle or run / "bundle"} | {s: run / s for s in SECOND_PASS if (run / s).is_dir()}
+    for top, root in tops.items():
+        for f in sorted(root.rglob("*")):
             if f.is_file():
                 data = f.read_bytes()
                 if f.suffix == ".json":
                     for name in names:
                         data = data.replace(name.encode(), b"<run>")
-                out[f.relative_to(run).as_posix()] = hashlib.sha256(data).hexdigest()
+                out[f"{top}/{f.relative_to(root).as_posix()}"] = hashlib.sha256(data).hexdigest()
     return out
 
 
@@ -189,10 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records", default=None, metavar="DIR",
                    help="keep each finished run's report and file digests here, and read seeds (and a rerun's first "
                         "run) from here when their work dirs are gone")
+    p.add_argument("--record", default=None, metavar="RUN",
+                   help="only record RUN, a finished recipe work dir (make demo-model's), in --records, and exit")
+    p.add_argument("--bundle", default=None, metavar="DIR", help="with --record: RUN's bundle, if not RUN/bundle")
     args = p.parse_args(argv)
+    if args.record and not args.records:
+        p.error("--record needs --records")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if args.record:
+            path = record_run(Path(args.records), Path(args.record), Path(args.bundle) if args.bundle else None,
+                              args.config)
+            print(f"spread: recorded {args.record} as {path}")
+            return 0
         summary = run_spread(args.seeds, Path(args.work), args.rerun, args.config,
                              Path(args.records) if args.records else None)
     except LlavaLocalError as e:
