@@ -67,10 +67,14 @@ def test_rerun_comparison_sees_a_changed_weight_but_not_timings_or_the_work_dirs
     assert compare(a, other_init)["differ"] == ["final/llava_local.json"]  # only the run's own name is set aside
 
 
-def test_a_finished_seed_is_read_not_run(tmp_path):
-    done = _report({"colour": 1.0}, {"colour": 1.0}, 5.0)
+def test_a_finished_seed_is_read_not_run_unless_it_ran_another_recipe(tmp_path):
+    done = _report({"colour": 1.0}, {"colour": 1.0}, 5.0) | {"config": asdict(_config(7, RECIPE))}
     (tmp_path / "recipe-report.json").write_text(json.dumps(done))
-    assert run_one(7, tmp_path) == done  # no data, no training: it would fail on an empty work dir otherwise
+    # no data, no training: it would fail on an empty work dir otherwise
+    assert run_one(7, tmp_path) == json.loads(json.dumps(done))
+    # the same work dir after the recipe changed (or asked for another seed): an error, not the old run's numbers
+    with pytest.raises(UsageError, match="another recipe config"):
+        run_one(8, tmp_path)
 
 
 def test_a_finished_run_leaves_a_record_that_stands_in_for_its_work_dir_once_it_is_gone(tmp_path):

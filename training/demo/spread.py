@@ -98,8 +98,12 @@ def record_run(records: Path, run: Path, bundle: Path | None = None, config: str
 
 def run_one(seed: int, work: Path, config: str | Path = RECIPE_YAML, records: Path | None = None) -> dict[str, Any]:
     """The recipe from nothing with clip seed `seed` in `work`, or its finished report (from `work`, else from its
-    record); a run finished in `work` is recorded in `records`."""
-    if (done := _report(work)) is None:
+    record); a run finished in `work` is recorded in `records`. A finished run of another config in `work` is an
+    error, not a result."""
+    if (done := _report(work)) is not None and not _same_config(done, seed, config):
+        raise UsageError(f"{work} holds a finished run of another recipe config or clip seed; move it away (or rm -rf "
+                         "it) to run this one")
+    if done is None:
         if (rec := read_record(records, seed, config)) is not None:
             return rec["report"]
         done = Recipe(_config(seed, config), work, work / "bundle", {}).run()
