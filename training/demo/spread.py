@@ -91,8 +91,9 @@ def record_run(records: Path, run: Path, bundle: Path | None = None, config: str
     seed = int(report.get("config", {}).get("clip", {}).get("seed", -1))
     if not _same_config(report, seed, config):
         raise UsageError(f"{run} was made with another recipe config than {config}")
-    if not ((bundle or run / "bundle") / "manifest.json").is_file():
-        raise UsageError(f"{bundle or run / 'bundle'} is not a bundle (no manifest.json)")
+    bundle = bundle or run / "bundle"
+    if not (bundle / "manifest.json").is_file():
+        raise UsageError(f"{bundle} is not a bundle (no manifest.json)")
     return write_record(records, seed, run, report, bundle)
 
 
