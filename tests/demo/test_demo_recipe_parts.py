@@ -58,18 +58,16 @@ def test_recipe_yaml_and_stage_presets_validate():
     assert (lookup.stage, lookup.model.template, Path(lookup.data.json).name) == (2, "vicuna_v1", "lookup.json")
     assert (relation.stage, relation.model.template, Path(relation.data.json).name) == (2, "vicuna_v1",
                                                                                        "relation.json")
-    assert cfg.relation2 == cfg.relation  # the second pass repeats the relation stage ...
-    final = load_config(cfg.final)  # ... and stage 2's data and schedule, only longer
+    final = load_config(cfg.final)  # the second pass repeats stage 2's data and schedule, only longer ...
     assert (Path(final.data.json).name, final.optim.schedule, final.model.template) == (
         "stage2.json", s2.optim.schedule, s2.model.template)
     assert final.optim.max_steps > s2.optim.max_steps and final.optim.lr == s2.optim.lr
-    assert cfg.relation3 == cfg.relation  # the third relation pass, then a short pass of stage 2's data and schedule
-    polish = load_config(cfg.polish)
+    polish = load_config(cfg.polish)  # ... then a short pass of them
     assert (Path(polish.data.json).name, polish.optim.schedule, polish.optim.decay_ratio, polish.optim.lr) == (
         "stage2.json", s2.optim.schedule, s2.optim.decay_ratio, s2.optim.lr)
     assert polish.optim.max_steps < s2.optim.max_steps
-    order = [STAGES.index(s) for s in ("stage1", "listing", "lookup", "relation", "stage2", "relation2", "final",
-                                       "relation3", "polish", "convert")]
+    order = [STAGES.index(s) for s in ("stage1", "listing", "lookup", "relation", "stage2", "final", "polish",
+                                       "convert")]
     assert order == sorted(order)
     assert STAGES[0] == "data" and STAGES[-1] == "eval"
 
@@ -665,30 +663,26 @@ def test_each_llava_stage_starts_from_the_last_stage_before_it_that_the_recipe_r
 
     def starts(c):
         r = Recipe(c, tmp_path, tmp_path / "out", {})
-        return [r._previous(s).name for s in ("listing", "lookup", "relation", "stage2", "relation2", "final",
-                                               "relation3", "polish")]
+        return [r._previous(s).name for s in ("listing", "lookup", "relation", "stage2", "final", "polish")]
 
-    tail = ["stage2", "relation2", "final", "relation3"]
+    tail = ["stage2", "final"]
     assert starts(cfg) == ["stage1", "listing", "lookup", "relation", *tail]
     assert starts(replace(cfg, relation="")) == ["stage1", "listing", "lookup", "lookup", *tail]
     assert starts(replace(cfg, listing="")) == ["stage1", "stage1", "lookup", "relation", *tail]
     assert starts(replace(cfg, lookup="")) == ["stage1", "listing", "listing", "relation", *tail]
     assert starts(replace(cfg, listing="", lookup="", relation="")) == ["stage1"] * 4 + tail
-    assert starts(replace(cfg, relation2="", relation3=""))[-4:] == ["stage2", "stage2", "final", "final"]
-    # without the second pass, stage 2's model is the bundle's; the second pass's own data files are the first's
-    assert starts(replace(cfg, relation2="", final="", relation3=""))[-1] == "stage2"
+    assert starts(replace(cfg, final=""))[-1] == "stage2"  # polish alone starts from stage 2
 
     def last(**off):
         return Recipe(replace(cfg, **dict.fromkeys(off, "")), tmp_path, tmp_path / "out", {})._last_llava().name
 
-    assert last() == "polish" and last(polish=1) == "relation3" and last(polish=1, relation3=1) == "final"
-    assert last(relation2=1, final=1, relation3=1, polish=1) == "stage2"
+    # without the second pass, stage 2's model is the bundle's
+    assert last() == "polish" and last(polish=1) == "final" and last(final=1, polish=1) == "stage2"
     assert Recipe(replace(cfg, lookup=""), tmp_path, tmp_path / "out", {}).stage_lookup() == {
         "skipped": "no stages.lookup in the recipe"}
 
 
-@pytest.mark.parametrize("stage", ["stage1", "listing", "lookup", "relation", "stage2", "relation2", "final",
-                                   "relation3", "polish"])
+@pytest.mark.parametrize("stage", ["stage1", "listing", "lookup", "relation", "stage2", "final", "polish"])
 def test_command_line_overrides_reach_their_stage(stage, tmp_path, capsys):
     from training.demo.recipe import main
 

@@ -17,20 +17,13 @@ Stages (`--from STAGE` restarts at a stage, reusing the work dir's earlier outpu
 7. lookup     curriculum, part 2, when `stages.lookup` names a preset (`demo-lookup`: projector + LLM on
               `lookup.json`): questions that ask only where a named object is, so the lookup carries over to them
 8. relation   curriculum, part 3, when `stages.relation` names a preset (`demo-relation`: projector + LLM on
-              `relation.json`): where one object is relative to another, and yes/no relations. From the lookup stage
-              its loss often stays on a plateau, but the second pass's relation stage, after it and stage 2, takes
-              off; without it, the second pass's did not either
+              `relation.json`): where one object is relative to another, and yes/no relations
 9. stage2     LLaVA stage 2 (preset `demo-stage2`: projector + LLM), from the last of stage1 and the curriculum run
-10. relation2 the relation stage again, from stage 2's model, when `stages.relation2` names a preset (on
-              `relation.json`): where the relation comparison forms
-11. final     stage 2's data again, from relation2, when `stages.final` names a preset (`demo-final`: 3,000 steps)
-12. relation3 the relation stage a third time, from final, when `stages.relation3` names a preset: after the longer
-              stage 2 it learns left and right as well as above and below, but forgets the rest ...
-13. polish    ... which a short pass of stage 2's data, when `stages.polish` names a preset (`demo-polish`: 800
-              steps), brings back while keeping the relations
-14. convert   `llava-local convert` of the last LLaVA stage run (polish, final, ..., else stage2) → quantized GGUF +
+10. final     stage 2's data again, from stage 2, when `stages.final` names a preset (`demo-final`: 3,000 steps)
+11. polish    a short last pass of stage 2's data, when `stages.polish` names a preset (`demo-polish`: 800 steps)
+12. convert   `llava-local convert` of the last LLaVA stage run (polish, else final, else stage2) → quantized GGUF +
               ONNX bundle
-15. eval      held-out scenes, in the teacher's and in held-out wordings, through the bundle (llava_local
+13. eval      held-out scenes, in the teacher's and in held-out wordings, through the bundle (llava_local
               ChatSession) and the torch model
 """
 
@@ -55,8 +48,8 @@ from .recipe_config import LLAVA_STAGES, RECIPE_YAML, STAGES, RecipeConfig, load
 log = logging.getLogger("training.demo.recipe")
 
 # stages that reuse another stage's data file
-DATA_OF = {"relation2": "relation", "final": "stage2", "relation3": "relation", "polish": "stage2"}
-RECIPE_ID = "llava-local-tiny/17"  # bump when the recipe changes what it trains
+DATA_OF = {"final": "stage2", "polish": "stage2"}
+RECIPE_ID = "llava-local-tiny/18"  # bump when the recipe changes what it trains
 # Shown by the chat app on an empty conversation and by `llava-local info`: questions in the phrasings the demo
 # model was trained on, about kinds of object any scene of its world may hold.
 SUGGESTED_PROMPTS = (
@@ -224,14 +217,8 @@ class Recipe:
     def stage_stage2(self) -> dict[str, Any]:
         return self._train(self.cfg.stage2, "stage2", [f"model.init_from={self._previous('stage2')}"])
 
-    def stage_relation2(self) -> dict[str, Any]:
-        return self._curriculum("relation2")
-
     def stage_final(self) -> dict[str, Any]:
         return self._curriculum("final")
-
-    def stage_relation3(self) -> dict[str, Any]:
-        return self._curriculum("relation3")
 
     def stage_polish(self) -> dict[str, Any]:
         return self._curriculum("polish")

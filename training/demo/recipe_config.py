@@ -20,10 +20,10 @@ from .gates import Gate
 from .lm_pretrain import LMConfig
 
 RECIPE_YAML = Path(__file__).with_name("recipe.yaml")
-STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "listing", "lookup", "relation", "stage2", "relation2", "final",
-          "relation3", "polish", "convert", "eval")
+STAGES = ("data", "tokenizer", "lm", "clip", "stage1", "listing", "lookup", "relation", "stage2", "final", "polish",
+          "convert", "eval")
 CURRICULUM = ("listing", "lookup", "relation")  # optional stages between stage 1 and stage 2, in order
-SECOND_PASS = ("relation2", "final", "relation3", "polish")  # optional stages after stage 2, in order
+SECOND_PASS = ("final", "polish")  # optional stages after stage 2, in order
 LLAVA_STAGES = ("stage1", *CURRICULUM, "stage2", *SECOND_PASS)  # the stages that train LLaVA, in STAGES order
 
 
@@ -44,9 +44,7 @@ class RecipeConfig:
     lookup: str
     relation: str
     stage2: str
-    relation2: str  # second pass after stage 2; empty: left out
-    final: str
-    relation3: str
+    final: str  # second pass after stage 2; empty: left out
     polish: str
     quant: str
     # held-out gates: a stage named here trains past its preset's steps until its probe reaches the target
